@@ -1,0 +1,8 @@
+"""robustact: activation-level adversarial defenses for CNNs — train, attack, analyse, reproduce."""
+
+__version__ = "0.1.0"
+
+from robustact.data import load_dataset  # noqa: E402
+from robustact.models import build_model  # noqa: E402
+
+__all__ = ["__version__", "build_model", "load_dataset"]
