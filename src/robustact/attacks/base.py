@@ -1,0 +1,169 @@
+"""The attack base class: threat model validation, model-state hygiene, loss composition, seeding."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from robustact.attacks.losses import LossFn, resolve_loss
+from robustact.errors import RobustactError
+
+ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+NORMS = ("Linf", "L2")
+
+
+def validate_eps(eps: float, norm: str = "Linf") -> float:
+    """Reject ε values that are surely a unit mistake (8 for 8/255) or not a number."""
+    if norm not in NORMS:
+        raise RobustactError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError):
+        raise RobustactError(f"eps must be a number, got {eps!r}") from None
+    if not math.isfinite(eps) or eps < 0:
+        raise RobustactError(f"eps must be a finite number >= 0, got {eps}")
+    if norm == "Linf" and eps > 1:
+        raise RobustactError(
+            f"Linf eps={eps:g} is larger than the [0, 1] pixel range; give it in pixel units, e.g. {eps:g}/255"
+        )
+    return eps
+
+
+@contextmanager
+def attack_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Run the model in `mode` ("eval" | "train" | "keep") with parameter gradients off; restore both after."""
+    if mode not in ("eval", "train", "keep"):
+        raise ValueError(f"model_mode must be eval, train or keep, got {mode!r}")
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if mode != "keep":
+            model.train(mode == "train")
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class Attack:
+    """Base of all attacks: `attack(model, x, y) -> x_adv` for x in [0, 1].
+
+    Args:
+        eps: radius of the threat model, in pixel units (8/255, not 8).
+        norm: "Linf" or "L2".
+        loss: "ce", "margin" (CW, with `kappa`), "dlr" or a callable `(logits, y) -> (N,)`.
+        extra_loss: optional `(model, logits, y) -> (N,)` added to the loss; defenses use it to include
+            their auxiliary logits (`robustact.defenses.aux_logits(model)`).
+        targeted: if True, `y` are target classes and the loss is descended.
+        model_mode: "eval" (default), "train" or "keep": the mode the model runs in during the attack.
+        seed: int seeds a generator afresh on every call (same input, same result); None uses the global
+            torch RNG (training, whose RNG state is checkpointed).
+    """
+
+    name = "attack"
+
+    def __init__(
+        self,
+        eps: float,
+        norm: str = "Linf",
+        *,
+        loss: str | LossFn = "ce",
+        kappa: float = 0.0,
+        extra_loss: ExtraLoss | None = None,
+        targeted: bool = False,
+        model_mode: str = "eval",
+        seed: int | None = 0,
+    ) -> None:
+        self.eps = validate_eps(eps, norm)
+        self.norm = norm
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+        self.kappa = float(kappa)
+        self.loss_fn = resolve_loss(loss, self.kappa)
+        self.extra_loss = extra_loss
+        self.targeted = targeted
+        self.model_mode = model_mode
+        self.seed = seed
+
+    # -- the public call ---------------------------------------------------------------------------
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._check_inputs(x, y)
+        if self.eps == 0:
+            return x.clone()
+        with attack_mode(model, self.model_mode), torch.enable_grad():
+            x_adv = self.perturb(model, x.detach(), y.detach())
+        return x_adv.detach()
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- helpers for subclasses --------------------------------------------------------------------
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        g = torch.Generator(device=device)
+        g.manual_seed(int(self.seed))
+        return g
+
+    def loss(self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example objective to ascend (already sign-flipped for targeted attacks)."""
+        value = self.loss_fn(logits, y)
+        if self.extra_loss is not None:
+            value = value + self.extra_loss(model, logits, y)
+        return -value if self.targeted else value
+
+    def loss_and_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        """(logits, per-example loss, gradient of the summed loss w.r.t. x), all detached."""
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        loss = self.loss(model, logits, y)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        return logits.detach(), loss.detach(), grad.detach()
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Back into the ε-ball around x and into [0, 1]."""
+        delta = x_adv - x
+        if self.norm == "Linf":
+            delta = delta.clamp(-self.eps, self.eps)
+        else:
+            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+            delta = delta * (self.eps / norms).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
+        return (x + delta).clamp(0.0, 1.0)
+
+    def random_start(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        if self.norm == "Linf":
+            noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+            return self.project(x + self.eps * noise, x)
+        direction = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        radius = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype)
+        return self.project(x + self.eps * radius.view(-1, *([1] * (x.dim() - 1))) * direction, x)
+
+    def ascent_step(self, grad: torch.Tensor, step: float) -> torch.Tensor:
+        """The steepest-ascent step of size `step` for the norm: sign for Linf, normalised for L2."""
+        if self.norm == "Linf":
+            return step * grad.sign()
+        norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+        return step * grad / norms
+
+    def _check_inputs(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if not torch.is_floating_point(x):
+            raise RobustactError(f"attack inputs must be float images in [0, 1], got dtype {x.dtype}")
+        if y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise RobustactError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+        lo, hi = torch.aminmax(x.detach())
+        if lo.item() < 0 or hi.item() > 1:
+            raise RobustactError(
+                f"attack inputs must lie in [0, 1] (got [{lo.item():.3g}, {hi.item():.3g}]); "
+                "put input normalisation inside the model"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(eps={self.eps:.5g}, norm={self.norm}, loss={self.loss_name})"

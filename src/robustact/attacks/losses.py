@@ -1,0 +1,47 @@
+"""Per-example attack losses on logits. Attacks ascend them (descend when targeted)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+def other_max(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The largest logit among the classes other than y."""
+    return logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 0.0) -> torch.Tensor:
+    """Carlini-Wagner margin on logits: `-max(z_y - max_{j!=y} z_j + kappa, 0)`; 0 once the margin exceeds kappa."""
+    logits = logits.float()
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    return -(z_y - other_max(logits, y) + kappa).clamp(min=0)
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Difference of logits ratio (Croce & Hein 2020), untargeted; invariant to shift and scale of logits."""
+    logits = logits.float()
+    srt = logits.sort(dim=1).values
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    return -(z_y - other_max(logits, y)) / (srt[:, -1] - srt[:, -3] + 1e-12)
+
+
+def resolve_loss(loss: str | LossFn, kappa: float = 0.0) -> LossFn:
+    """A loss by name (`ce`, `margin`/`cw`, `dlr`) or a callable `(logits, y) -> (N,)`."""
+    if callable(loss):
+        return loss
+    if loss == "ce":
+        return ce_loss
+    if loss in ("margin", "cw"):
+        return lambda logits, y: margin_loss(logits, y, kappa)
+    if loss == "dlr":
+        return dlr_loss
+    raise ValueError(f"unknown attack loss {loss!r}; known: ce, margin (cw), dlr, or a callable")
