@@ -34,6 +34,18 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -(z_y - other_max(logits, y)) / (srt[:, -1] - srt[:, -3] + 1e-12)
 
 
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR (Croce & Hein 2020), ascended toward `target`: `-(z_y - z_t) / (z_π1 - (z_π3 + z_π4) / 2)`.
+
+    The denominator skips z_π2 because the target itself is usually the runner-up; needs >= 4 classes.
+    """
+    logits = logits.float()
+    srt = logits.sort(dim=1).values
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    z_t = logits.gather(1, target[:, None]).squeeze(1)
+    return -(z_y - z_t) / (srt[:, -1] - 0.5 * (srt[:, -3] + srt[:, -4]) + 1e-12)
+
+
 def resolve_loss(loss: str | LossFn, kappa: float = 0.0) -> LossFn:
     """A loss by name (`ce`, `margin`/`cw`, `dlr`) or a callable `(logits, y) -> (N,)`."""
     if callable(loss):

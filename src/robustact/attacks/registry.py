@@ -1,0 +1,50 @@
+"""Attacks by name, as the CLI and presets write them: `fgsm`, `pgd20`, `pgd100x5`, `cw`, `cw30`, `apgd-ce`,
+`apgd-t`, `fab-t`, `square`, `aa` (AutoAttack standard)."""
+
+from __future__ import annotations
+
+import re
+
+from robustact.attacks.base import Attack
+from robustact.attacks.fgsm import FGSM
+from robustact.attacks.pgd import PGD
+from robustact.errors import RobustactError
+
+_PGD = re.compile(r"^(pgd|cw)(\d+)?(?:x(\d+))?$")
+KNOWN = "fgsm, pgdK (e.g. pgd20), pgdKxR (R restarts), cw / cwK (CW-inf margin, default 30 steps), " \
+        "apgd-ce, apgd-dlr, apgd-t, fab-t, square, aa (AutoAttack standard)"
+
+
+def make_attack(name: str, eps: float, norm: str = "Linf", *, seed: int = 0, **kwargs) -> Attack:
+    """Build an attack from its short name. PGD-K uses step 2.5·ε/K (Madry et al.) unless `alpha` is given;
+    CW-K is PGD-K on the margin loss (κ = `kappa`, default 0)."""
+    key = name.strip().lower()
+    if key == "fgsm":
+        return FGSM(eps, norm, seed=seed, **kwargs)
+    m = _PGD.match(key)
+    if m:
+        kind, steps, restarts = m.group(1), m.group(2), m.group(3)
+        steps = int(steps) if steps else (30 if kind == "cw" else 20)
+        if kind == "cw":
+            kwargs.setdefault("loss", "margin")
+        return PGD(eps, norm, steps=steps, restarts=int(restarts or 1), seed=seed, **kwargs)
+    from robustact import attacks as A  # the strong attacks live in their own modules
+
+    strong = {
+        "apgd-ce": lambda: A.APGD(eps, norm, loss="ce", seed=seed, **kwargs),
+        "apgd-dlr": lambda: A.APGD(eps, norm, loss="dlr", seed=seed, **kwargs),
+        "apgd-t": lambda: A.APGDT(eps, norm, seed=seed, **kwargs),
+        "fab-t": lambda: A.FAB(eps, norm, seed=seed, **kwargs),
+        "square": lambda: A.Square(eps, norm, seed=seed, **kwargs),
+        "aa": lambda: A.AutoAttack(eps, norm, version="standard", seed=seed, **kwargs),
+    }
+    if key in strong and all(hasattr(A, n) for n in ("APGD", "APGDT", "FAB", "Square", "AutoAttack")):
+        return strong[key]()
+    raise RobustactError(f"unknown attack {name!r}; known: {KNOWN}")
+
+
+def parse_attack_list(spec: str | list[str]) -> list[str]:
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if not names:
+        raise RobustactError("no attacks given; e.g. --attacks fgsm,pgd20,cw")
+    return names

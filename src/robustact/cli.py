@@ -1,0 +1,195 @@
+"""`robustact train | eval | info | bench | presets` — the command-line face of the library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="dataset root (default: $ROBUSTACT_DATA, then ~/.cache/robustact)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from robustact.config import apply_overrides, load_config_file, load_preset
+    from robustact.errors import ConfigError
+    from robustact.training import Trainer
+
+    progress = not args.no_progress
+    if args.resume:
+        if args.preset or args.config or args.set:
+            raise ConfigError("--resume continues a run with its saved config; drop --preset/--config/--set")
+        trainer = Trainer.resume(args.resume, data_root=args.data_dir, progress=progress)
+    else:
+        if bool(args.preset) == bool(args.config):
+            raise ConfigError("give exactly one of --preset NAME or --config FILE (see `robustact presets`)")
+        if not args.out:
+            raise ConfigError("--out DIR is required: the run directory to create")
+        config = load_preset(args.preset) if args.preset else load_config_file(args.config)
+        config = apply_overrides(config, args.set or [])
+        if args.device:
+            config["device"] = args.device
+        trainer = Trainer(config, args.out, data_root=args.data_dir, progress=progress)
+    out = trainer.fit()
+    print(f"run directory: {out}")
+    if args.eval:
+        return cmd_eval(argparse.Namespace(
+            target=str(out), attacks=None, n=None, eps=None, out=None, which="best", arch=None,
+            batch_size=None, data_dir=args.data_dir, device=args.device, no_progress=args.no_progress,
+            seed=0, num_classes=None))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from robustact.attacks.base import validate_eps
+    from robustact.attacks.registry import make_attack, parse_attack_list
+    from robustact.config import parse_number
+    from robustact.evaluation import evaluate
+    from robustact.evaluation.report import format_table, write_reports
+    from robustact.runs import load_model
+    from robustact.training.data_setup import prepare_test_data
+    from robustact.utils import get_device, seed_everything
+
+    model, config, weights = load_model(args.target, which=args.which, arch=args.arch, num_classes=args.num_classes)
+    ev = config.get("eval", {})
+    eps = validate_eps(parse_number(args.eps if args.eps is not None else ev.get("eps", "8/255")))
+    names = parse_attack_list(args.attacks or ev.get("attacks", ["fgsm", "pgd20", "cw"]))
+    n = int(args.n if args.n is not None else ev.get("n", 1000))
+    attacks = {name: make_attack(name, eps, seed=args.seed) for name in names}
+    device = get_device(args.device or config.get("device"))
+    seed_everything(args.seed)
+    x_u8, y = prepare_test_data(config["data"], n, args.data_dir)
+    model = model.to(device)
+    x = x_u8.to(device).float().div_(255)
+    result = evaluate(model, x, y.to(device), attacks, eps=eps, batch_size=args.batch_size or ev.get("batch_size", 250),
+                      progress=not args.no_progress, seed=args.seed)
+    print(format_table(result, title=f"{weights}  ({config['data']['dataset']} test images 0-{n - 1})"))
+    out = Path(args.out) if args.out else (weights.parent.parent / "eval" / "eval.json"
+                                            if weights.parent.name == "checkpoints" else None)
+    if out is not None:
+        meta = {"checkpoint": str(weights), "dataset": config["data"]["dataset"], "device": str(device),
+                "torch": torch.__version__}
+        write_reports(result, out, meta, title=f"Evaluation of {weights}")
+        print(f"report: {out} (+ {out.with_suffix('.md').name})")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    import robustact
+    from robustact.config import list_presets
+    from robustact.data import available_datasets, resolve_data_root
+    from robustact.models import list_models
+    from robustact.utils import get_device
+
+    root = resolve_data_root(args.data_dir)
+    print(f"robustact {robustact.__version__}  python {platform.python_version()}  torch {torch.__version__}")
+    dev = get_device(args.device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device: {dev} ({name}), {torch.get_num_threads()} CPU threads")
+    found = available_datasets(root)
+    print(f"data root: {root}  datasets found: {', '.join(found) if found else 'none'}")
+    print(f"architectures: {', '.join(list_models())}")
+    print(f"presets: {', '.join(list_presets())}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from robustact.config import dump_config, list_presets, load_preset
+
+    if args.name:
+        print(dump_config(load_preset(args.name)), end="")
+        return 0
+    for name in list_presets():
+        desc = " ".join(str(load_preset(name).get("description", "")).split())
+        print(f"{name:<36} {desc[:100]}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from robustact.bench import run_bench
+
+    run_bench(archs=args.archs.split(","), batch_size=args.batch_size, steps=args.steps, device=args.device,
+              pgd_steps=args.pgd_steps, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robustact", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model into a run directory")
+    p.add_argument("--preset", help="recipe name (see `robustact presets`)")
+    p.add_argument("--config", help="a YAML config file instead of a preset")
+    p.add_argument("--out", help="run directory to create")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. training.epochs=30")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
+    p.add_argument("--eval", action="store_true", help="evaluate the run with its config's attacks when done")
+    _add_common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="attack a run or checkpoint; table + JSON/Markdown report")
+    p.add_argument("target", help="run directory or checkpoint (.safetensors, or a plain state_dict .pt)")
+    p.add_argument("--attacks", help="comma-separated, e.g. fgsm,pgd20,cw (default: the run config's)")
+    p.add_argument("--n", type=int, help="first N test images (default: the run config's, 1000)")
+    p.add_argument("--eps", help="Linf radius in pixel units, e.g. 8/255")
+    p.add_argument("--out", help="JSON report path (default: RUN/eval/eval.json)")
+    p.add_argument("--which", default="best", choices=["best", "last"],
+                   help="run checkpoint: best on validation (default) or last")
+    p.add_argument("--arch", help="architecture of a checkpoint without robustact metadata")
+    p.add_argument("--num-classes", type=int, help="classes of a checkpoint without robustact metadata")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="versions, device, datasets found, architectures, presets")
+    _add_common(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("presets", help="list presets, or print one resolved")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("bench", help="training and attack throughput (images/s) on this device")
+    p.add_argument("--archs", default="resnet_small,resnet18")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=3, help="timed iterations per measurement")
+    p.add_argument("--pgd-steps", type=int, default=10)
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from robustact.errors import RobustactError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RobustactError as exc:
+        print(f"robustact: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robustact: interrupted; a training run continues with `robustact train --resume RUN`",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `robustact presets | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

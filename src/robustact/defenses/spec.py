@@ -1,0 +1,95 @@
+"""How a defense enters training and attacks: the one object objectives consult.
+
+A model built with a defense carries `model.defense_spec`; a plain model gets `NO_DEFENSE`. Objectives and
+evaluation call only these methods, so a new defense changes nothing outside its own module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustact.defenses.base import aux_logits, conditioned, mask_mode
+
+
+@dataclass
+class DefenseSpec:
+    """Loss weighting and mask handling of a defense.
+
+    total loss = main_weight · [main + aux_weight · mean_s CE(aux_s, y)]
+    train_masks: "label" — the training forward uses the label's mask (all four papers);
+    attack_masks: "pred" — the training attack sees predicted masks (CAS, CIFS: model in eval mode);
+                  "label" — it sees the label's masks (EWAS).
+    attack_aux_weight: weight of the mean aux CE in the training attack's joint loss.
+    aux_only_train_attack: the training attack ascends the aux CE alone (CAS code before July 2022).
+    """
+
+    name: str = "none"
+    aux_weight: float = 0.0
+    main_weight: float = 1.0
+    train_masks: str = "label"
+    attack_masks: str = "pred"
+    attack_aux_weight: float = 0.0
+    aux_only_train_attack: bool = False
+
+    def train_forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.train_masks == "label":
+            with conditioned(model, y):
+                return model(x)
+        return model(x)
+
+    def aux_ce(self, model: nn.Module, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor | None:
+        """Mean over sites of CE(aux_s, y) for the last forward, or None without aux heads."""
+        heads = aux_logits(model)
+        if not heads:
+            return None
+        return torch.stack([F.cross_entropy(a.float(), y, reduction=reduction) for a in heads]).mean(0)
+
+    def compose_loss(self, model: nn.Module, main: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        aux = self.aux_ce(model, y) if self.aux_weight else None
+        total = main if aux is None else main + self.aux_weight * aux
+        return self.main_weight * total
+
+    def train_attack_extra_loss(self):
+        """Per-example extra loss for the training attack (the aux part of the joint loss), or None."""
+        if not self.attack_aux_weight:
+            return None
+        weight = self.attack_aux_weight
+
+        def extra(model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            aux = self.aux_ce(model, y, reduction="none")
+            return torch.zeros_like(y, dtype=torch.float32) if aux is None else weight * aux
+
+        return extra
+
+    def wrap_train_attack(self, attack):
+        """Run the training attack with this defense's mask mode (and aux-only loss if asked)."""
+        if self.name == "none":
+            return attack
+        if self.aux_only_train_attack:
+            attack.loss_fn = lambda logits, y: torch.zeros(y.shape[0], device=y.device)
+        return _MaskedAttack(attack, self.attack_masks)
+
+
+class _MaskedAttack:
+    """Calls an attack with every site in a fixed mask mode ("label" conditions on the attacked labels)."""
+
+    def __init__(self, attack, masks: str) -> None:
+        self.attack, self.masks = attack, masks
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.masks == "label":
+            with conditioned(model, y):
+                return self.attack(model, x, y)
+        with mask_mode(model, self.masks):
+            return self.attack(model, x, y)
+
+
+NO_DEFENSE = DefenseSpec()
+
+
+def defense_spec(model: nn.Module) -> DefenseSpec:
+    return getattr(model, "defense_spec", None) or NO_DEFENSE

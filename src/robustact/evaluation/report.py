@@ -1,0 +1,41 @@
+"""Evaluation reports: a table for the terminal, JSON with per-example results, Markdown for docs/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from robustact.evaluation.engine import EvalResult
+from robustact.utils import atomic_write_text
+
+
+def format_table(result: EvalResult, title: str = "") -> str:
+    acc = result.accuracy()
+    width = max(len(k) for k in acc) + 2
+    lines = [title] if title else []
+    lines.append(f"{'attack':<{width}}{'accuracy':>10}{'seconds':>10}")
+    for name, value in acc.items():
+        secs = result.seconds.get(name)
+        lines.append(f"{name:<{width}}{100 * value:>9.2f}%{'' if secs is None else f'{secs:>10.1f}'}")
+    lines.append(f"(n = {result.n} test images, eps = {result.eps * 255:.3g}/255)")
+    return "\n".join(lines)
+
+
+def format_markdown(result: EvalResult, title: str = "Evaluation", meta: dict | None = None) -> str:
+    acc = result.accuracy()
+    out = [f"# {title}", ""]
+    for key, value in (meta or {}).items():
+        out.append(f"- {key}: {value}")
+    out += [f"- n: {result.n} (the first {result.n} test images)", f"- eps: {result.eps * 255:.4g}/255",
+            f"- seed: {result.seed}", "", "| attack | accuracy (%) | seconds | settings |", "| --- | ---: | ---: | --- |"]
+    for name, value in acc.items():
+        secs = result.seconds.get(name)
+        out.append(f"| {name} | {100 * value:.2f} | {'' if secs is None else f'{secs:.1f}'} "
+                   f"| {result.attacks.get(name, '')} |")
+    return "\n".join(out) + "\n"
+
+
+def write_reports(result: EvalResult, json_path: Path, meta: dict | None = None, title: str = "Evaluation") -> None:
+    """JSON (with per-example results) and a Markdown twin next to it."""
+    atomic_write_text(json_path, json.dumps(result.to_json() | {"meta": meta or {}}, indent=1))
+    atomic_write_text(json_path.with_suffix(".md"), format_markdown(result, title, meta))

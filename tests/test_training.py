@@ -1,0 +1,104 @@
+"""The trainer: run directory contents, exact resume, model selection on validation, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from robustact.config import apply_overrides, load_preset
+from robustact.errors import CheckpointError, RobustactError
+from robustact.runs import load_model
+from robustact.training import Trainer
+from robustact.training.checkpoint import load_weights_into
+
+from conftest import requires_cifar
+
+pytestmark = requires_cifar
+
+TINY = [
+    "model.arch_kwargs={width: 8}",
+    "data.train_subset=192",
+    "data.val_size=64",
+    "data.batch_size=64",
+    "training.epochs=3",
+    "training.attack.steps=2",
+    "training.val_n=32",
+    "training.val_attack_steps=2",
+    "training.channels_last=false",
+]
+
+
+def tiny_config(*extra: str) -> dict:
+    return apply_overrides(load_preset("demo"), [*TINY, *extra])
+
+
+class StopAfter(Trainer):
+    """A trainer that is 'killed' right after epoch `stop` has been checkpointed."""
+
+    stop = 1
+
+    def end_epoch(self, epoch, record):
+        super().end_epoch(epoch, record)
+        if epoch + 1 == self.stop:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    Trainer(tiny_config(), out, progress=False).fit()
+    return out
+
+
+def test_run_directory_layout(straight_run):
+    files = {p.relative_to(straight_run).as_posix() for p in straight_run.rglob("*") if p.is_file()}
+    assert {"config.yaml", "metrics.jsonl", "checkpoints/last.safetensors", "checkpoints/last.state.safetensors",
+            "checkpoints/last.json", "checkpoints/best.safetensors", "checkpoints/best.json"} <= files
+    records = [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for r in records:
+        assert {"train_loss", "train_acc", "val_clean_acc", "val_pgd2_acc", "train_images_per_s"} <= set(r)
+        assert not any(k.startswith("test_") for k in r)  # no test-set selection by default
+    best = json.loads((straight_run / "checkpoints" / "best.json").read_text())
+    assert best["selected_on"] == "val"
+    assert best["metric"] == max(r["val_pgd2_acc"] for r in records)
+
+
+def test_resume_ends_with_the_same_weights(straight_run, tmp_path):
+    out = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        StopAfter(tiny_config(), out, progress=False).fit()
+    assert json.loads((out / "checkpoints" / "last.json").read_text())["epoch"] == 1
+    with pytest.raises(RobustactError, match="--resume"):
+        Trainer(tiny_config(), out, progress=False)  # never silently overwrite a run
+    Trainer.resume(out, progress=False).fit()
+    a = load_file(straight_run / "checkpoints" / "last.safetensors")
+    b = load_file(out / "checkpoints" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_checkpoint_roundtrip_and_wrong_architecture(straight_run):
+    model, config, weights = load_model(straight_run, which="last")
+    assert weights.name == "last.safetensors" and config["model"]["arch"] == "resnet_small"
+    assert not model.training
+    from robustact import build_model
+
+    with pytest.raises(CheckpointError, match="resnet18"):
+        load_weights_into(build_model("resnet18"), load_file(weights), "ckpt")
+    with pytest.raises(CheckpointError, match="holds a 'resnet_small' model"):
+        load_model(straight_run, arch="resnet18")
+
+
+def test_select_on_test_is_explicit(tmp_path):
+    out = tmp_path / "paper-style"
+    Trainer(tiny_config("training.epochs=1", "training.select_on_test=true"), out, progress=False).fit()
+    record = json.loads((out / "metrics.jsonl").read_text())
+    assert "test_pgd2_acc" in record
+    assert json.loads((out / "checkpoints" / "best.json").read_text())["selected_on"] == "test"
