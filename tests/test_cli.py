@@ -1,0 +1,120 @@
+"""The command line: bad input gets one clear line and exit status 2; eval writes its reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import autoattack_checkpoint, requires_cifar
+
+from robustact import build_model
+from robustact.training.checkpoint import save_weights
+
+
+def run_cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    full_env = os.environ.copy() | (env or {})
+    return subprocess.run([sys.executable, "-m", "robustact.cli", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=600)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
+    save_weights(build_model("resnet_small"), path)
+    return path
+
+
+def test_missing_data_directory(tmp_path):
+    proc = run_cli("train", "--preset", "demo", "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path / "nope"))
+    assert_one_line_error(proc, "cifar-10-batches-py", "ROBUSTACT_DATA")
+
+
+def test_wrong_layout(tmp_path):
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta"]:
+        (folder / name).write_bytes(b"not a pickle")
+    proc = run_cli("train", "--preset", "demo", "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path / "data"))
+    assert_one_line_error(proc, "data_batch")
+
+
+def test_eps_out_of_range(small_checkpoint):
+    proc = run_cli("eval", str(small_checkpoint), "--eps", "8", "--n", "10")
+    assert_one_line_error(proc, "8/255")
+
+
+def test_unknown_arch(tmp_path):
+    proc = run_cli("train", "--preset", "demo", "--out", str(tmp_path / "run"), "--set", "model.arch=resnet1000")
+    assert_one_line_error(proc, "unknown arch", "resnet18")
+
+
+def test_unknown_preset(tmp_path):
+    proc = run_cli("train", "--preset", "no-such-recipe", "--out", str(tmp_path / "run"))
+    assert_one_line_error(proc, "unknown preset", "demo")
+
+
+def test_unknown_override_key(tmp_path):
+    proc = run_cli("train", "--preset", "demo", "--out", str(tmp_path / "run"), "--set", "training.epochz=3")
+    assert_one_line_error(proc, "epochz", "epochs")
+
+
+def test_unknown_attack(small_checkpoint):
+    proc = run_cli("eval", str(small_checkpoint), "--attacks", "pgd20,deepfool9", "--n", "10")
+    assert_one_line_error(proc, "deepfool9")
+
+
+def test_checkpoint_of_another_architecture(small_checkpoint, tmp_path):
+    proc = run_cli("eval", str(small_checkpoint), "--arch", "resnet18", "--n", "10")
+    assert_one_line_error(proc, "resnet_small", "resnet18")
+    foreign = tmp_path / "foreign.pt"
+    torch.save(build_model("resnet_small").state_dict(), foreign)
+    proc = run_cli("eval", str(foreign), "--arch", "resnet18", "--n", "10")
+    assert_one_line_error(proc, "does not fit", "resnet18")
+
+
+def test_pickled_object_is_refused(tmp_path):
+    bad = tmp_path / "model.pt"
+    torch.save(build_model("resnet_small"), bad)  # a whole pickled module, not a state_dict
+    proc = run_cli("eval", str(bad), "--arch", "resnet_small", "--n", "10")
+    assert_one_line_error(proc, "weights_only")
+
+
+def test_resume_of_a_non_run(tmp_path):
+    proc = run_cli("train", "--resume", str(tmp_path))
+    assert_one_line_error(proc, "not a run directory")
+
+
+@requires_cifar
+def test_eval_of_a_foreign_checkpoint_writes_reports(tmp_path):
+    path = autoattack_checkpoint()
+    if path is None:
+        pytest.skip("pyautoattack not installed")
+    out = tmp_path / "report.json"
+    proc = run_cli("eval", str(path), "--arch", "resnet18", "--attacks", "fgsm", "--n", "20", "--out", str(out),
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["n"] == 20 and set(report["accuracy"]) == {"clean", "fgsm", "worst_case"}
+    assert len(report["per_example"]["fgsm"]) == 20
+    assert report["accuracy"]["clean"] >= 0.9
+    assert out.with_suffix(".md").is_file()
+    assert "fgsm" in proc.stdout and "clean" in proc.stdout
+
+
+def test_info_runs():
+    proc = run_cli("info")
+    assert proc.returncode == 0 and "torch" in proc.stdout and "resnet_small" in proc.stdout
