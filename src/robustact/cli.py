@@ -12,6 +12,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="dataset root (default: $ROBUSTACT_DATA, then ~/.cache/robustact)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--download", action="store_true", help="download missing datasets (checksummed)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -33,6 +34,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = apply_overrides(config, args.set or [])
         if args.device:
             config["device"] = args.device
+        if args.download:
+            config["data"]["download"] = True
         trainer = Trainer(config, args.out, data_root=args.data_dir, progress=progress)
     out = trainer.fit()
     print(f"run directory: {out}")
@@ -40,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return cmd_eval(argparse.Namespace(
             target=str(out), attacks=None, n=None, eps=None, out=None, which="best", arch=None,
             batch_size=None, data_dir=args.data_dir, device=args.device, no_progress=args.no_progress,
-            seed=0, num_classes=None))
+            seed=0, num_classes=None, download=args.download))
     return 0
 
 
@@ -63,6 +66,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     n = int(args.n if args.n is not None else ev.get("n", 1000))
     attacks = {name: make_attack(name, eps, seed=args.seed) for name in names}
     device = get_device(args.device or config.get("device"))
+    if args.download:
+        config["data"]["download"] = True
     seed_everything(args.seed)
     x_u8, y = prepare_test_data(config["data"], n, args.data_dir)
     model = model.to(device)

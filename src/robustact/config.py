@@ -26,6 +26,8 @@ DEFAULTS: dict[str, Any] = {
         "val_size": 1000,          # held out from train for per-epoch validation and model selection
         "batch_size": 128,
         "augment": True,           # pad-4 random crop + horizontal flip, on the device
+        "classes": None,           # train/test on these classes only (labels remapped to 0..len-1)
+        "download": False,         # fetch the official archives (checksummed) when files are missing
     },
     "model": {
         "arch": "resnet18",

@@ -22,7 +22,7 @@ import torch
 from robustact.data import download as _download
 from robustact.errors import DataError
 
-FIX = "set ROBUSTACT_DATA or --data-dir, or pass download=True"
+FIX = "set ROBUSTACT_DATA or --data-dir, or download it (--download, download=True)"
 SPLITS = ("train", "test")
 ENV_VAR = "ROBUSTACT_DATA"
 DEFAULT_ROOT = "~/.cache/robustact"

@@ -26,9 +26,15 @@ def select_classes(x: torch.Tensor, y: torch.Tensor, classes: list[int] | None):
     return x[idx], y_new
 
 
+def num_classes_of(data_cfg: dict) -> int:
+    """Classes the run trains on, known before any file is read."""
+    classes = data_cfg.get("classes")
+    return len(classes) if classes else dataset_info(data_cfg["dataset"]).num_classes
+
+
 def prepare_training_data(data_cfg: dict, seed: int, root: str | None = None) -> RunData:
     name = data_cfg["dataset"]
-    x, y = load_dataset(name, "train", root=root)
+    x, y = load_dataset(name, "train", root=root, download=bool(data_cfg.get("download")))
     classes = data_cfg.get("classes")
     x, y = select_classes(x, y, classes)
     if data_cfg.get("train_subset"):
@@ -40,13 +46,12 @@ def prepare_training_data(data_cfg: dict, seed: int, root: str | None = None) ->
         train_x, train_y, val_x, val_y = x[tr], y[tr], x[va], y[va]
     else:
         train_x, train_y, val_x, val_y = x, y, x[:0], y[:0]
-    num_classes = len(classes) if classes else dataset_info(name).num_classes
-    return RunData(train_x, train_y, val_x, val_y, num_classes)
+    return RunData(train_x, train_y, val_x, val_y, num_classes_of(data_cfg))
 
 
 def prepare_test_data(data_cfg: dict, n: int | None, root: str | None = None):
     """The first n test images (the RobustBench convention), of the run's classes if it selected some."""
-    x, y = load_dataset(data_cfg["dataset"], "test", root=root)
+    x, y = load_dataset(data_cfg["dataset"], "test", root=root, download=bool(data_cfg.get("download")))
     x, y = select_classes(x, y, data_cfg.get("classes"))
     if n:
         x, y = x[:n], y[:n]

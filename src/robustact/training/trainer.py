@@ -28,7 +28,7 @@ from robustact.training.checkpoint import (
     save_weights,
     set_rng_state,
 )
-from robustact.training.data_setup import prepare_test_data, prepare_training_data
+from robustact.training.data_setup import num_classes_of, prepare_test_data, prepare_training_data
 from robustact.training.objectives import ObjectiveContext, get_objective
 from robustact.training.schedules import lr_at
 from robustact.utils import atomic_write_text, get_device, seed_everything
@@ -96,8 +96,9 @@ class Trainer:
         self.objective = get_objective(training["objective"])
         self.ctx = objective_context(training)
 
+        # the model first: a bad arch or defense fails before any data is read
+        self.model = build_model_from_config(config, num_classes_of(config["data"])).to(self.device)
         self.data = prepare_training_data(config["data"], self.seed, data_root)
-        self.model = build_model_from_config(config, self.data.num_classes).to(self.device)
         self.channels_last = bool(training.get("channels_last"))
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

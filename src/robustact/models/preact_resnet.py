@@ -1,0 +1,88 @@
+"""Pre-activation ResNet-18 with the fast-AT (Wong et al. 2020) / kuangliu parameter names.
+
+Blocks are `bn1, conv1, bn2, conv2, shortcut` (the projection shortcut is a bare 1x1 conv and sees the
+pre-activated input); the network ends in `bn` + activation + `linear`, as in fast-AT's PreActResNet.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from robustact.models.layers import ImageClassifier, global_pool, make_activation
+from robustact.models.registry import register_model
+
+
+class PreActBlock(nn.Module):
+    """bn-act-conv-bn-act-conv + shortcut; `site` sees the block output after the residual add."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, activation: str = "relu") -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.act1 = make_activation(activation, in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = make_activation(activation, planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        # Empty when the shortcut is the identity on the *raw* input (fast-AT omits the attribute then).
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False)
+            )
+        self.site = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(x))
+        shortcut = self.shortcut(out) if len(self.shortcut) > 0 else x
+        out = self.conv1(out)
+        out = self.conv2(self.act2(self.bn2(out)))
+        return self.site(out + shortcut)
+
+
+class PreActResNet(ImageClassifier):
+    """Stem conv, four PreAct stages, final bn-act; `final_site` sees that before pooling."""
+
+    def __init__(
+        self,
+        num_blocks: tuple[int, int, int, int],
+        num_classes: int = 10,
+        activation: str = "relu",
+        width: int = 64,
+    ) -> None:
+        super().__init__()
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        self.in_planes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        self.layer1 = self._make_layer(widths[0], num_blocks[0], 1, activation)
+        self.layer2 = self._make_layer(widths[1], num_blocks[1], 2, activation)
+        self.layer3 = self._make_layer(widths[2], num_blocks[2], 2, activation)
+        self.layer4 = self._make_layer(widths[3], num_blocks[3], 2, activation)
+        self.bn = nn.BatchNorm2d(widths[3])
+        self.act = make_activation(activation, widths[3])
+        self.final_site = nn.Identity()
+        self.linear = nn.Linear(widths[3], num_classes)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int, activation: str) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (blocks - 1):
+            layers.append(PreActBlock(self.in_planes, planes, s, activation))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(x)
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = self.final_site(self.act(self.bn(out)))
+        return global_pool(out)
+
+    def classifier_layer(self) -> nn.Linear:
+        return self.linear
+
+
+@register_model("preact_resnet18")
+def preact_resnet18(num_classes: int = 10, activation: str = "relu", width: int = 64) -> PreActResNet:
+    """PreAct ResNet-18 (fast-AT naming)."""
+    return PreActResNet((2, 2, 2, 2), num_classes, activation, width)

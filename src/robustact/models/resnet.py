@@ -1,0 +1,98 @@
+"""CIFAR ResNets (3x3 stem, no max-pool) with the kuangliu/pytorch-cifar parameter names.
+
+Those names (`conv1, bn1, layer1..layer4, linear`; blocks `conv1, bn1, conv2, bn2, shortcut`) are what
+most community CIFAR checkpoints use, AutoAttack's `model_test.pt` included, so they load strictly.
+Activations and `site` slots hold no parameters, so they add no state_dict keys.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from robustact.models.layers import ImageClassifier, global_pool, make_activation
+from robustact.models.registry import register_model
+
+
+class BasicBlock(nn.Module):
+    """conv-bn-act-conv-bn + shortcut, act; `site` sees the block's post-activation output (CAS/CIFS)."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, activation: str = "relu") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = make_activation(activation, planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+        self.act2 = make_activation(activation, planes)
+        self.site = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out = self.act2(out + self.shortcut(x))  # not `+=`: keeps autograd safe for any activation
+        return self.site(out)
+
+
+class ResNet(ImageClassifier):
+    """Four stages of BasicBlocks at strides 1, 2, 2, 2 and widths w, 2w, 4w, 8w."""
+
+    def __init__(
+        self,
+        num_blocks: tuple[int, int, int, int],
+        num_classes: int = 10,
+        activation: str = "relu",
+        width: int = 64,
+    ) -> None:
+        super().__init__()
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        self.in_planes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act = make_activation(activation, width)
+        self.layer1 = self._make_layer(widths[0], num_blocks[0], 1, activation)
+        self.layer2 = self._make_layer(widths[1], num_blocks[1], 2, activation)
+        self.layer3 = self._make_layer(widths[2], num_blocks[2], 2, activation)
+        self.layer4 = self._make_layer(widths[3], num_blocks[3], 2, activation)
+        self.linear = nn.Linear(widths[3] * BasicBlock.expansion, num_classes)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int, activation: str) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (blocks - 1):
+            layers.append(BasicBlock(self.in_planes, planes, s, activation))
+            self.in_planes = planes * BasicBlock.expansion
+        return nn.Sequential(*layers)
+
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return global_pool(out)
+
+    def classifier_layer(self) -> nn.Linear:
+        return self.linear
+
+
+@register_model("resnet18")
+def resnet18(num_classes: int = 10, activation: str = "relu", width: int = 64) -> ResNet:
+    """ResNet-18, CIFAR stem (11.17M parameters at K = 10)."""
+    return ResNet((2, 2, 2, 2), num_classes, activation, width)
+
+
+@register_model("resnet34")
+def resnet34(num_classes: int = 10, activation: str = "relu", width: int = 64) -> ResNet:
+    """ResNet-34, CIFAR stem; same stage widths as ResNet-18 (Sparta transfer maps stage by stage)."""
+    return ResNet((3, 4, 6, 3), num_classes, activation, width)
+
+
+@register_model("resnet_small")
+def resnet_small(num_classes: int = 10, activation: str = "relu", width: int = 16) -> ResNet:
+    """ResNet-18's shape at widths 16-32-64-128: about 1/16 of its FLOPs, for CPU runs and tests."""
+    return ResNet((2, 2, 2, 2), num_classes, activation, width)
