@@ -23,7 +23,8 @@ def data_root() -> Path | None:
     return None
 
 
-requires_cifar = pytest.mark.skipif(data_root() is None, reason="set ROBUSTACT_DATA to a folder with cifar-10-batches-py")
+requires_cifar = pytest.mark.skipif(data_root() is None,
+                                    reason="set ROBUSTACT_DATA to a folder with cifar-10-batches-py")
 
 
 @pytest.fixture(scope="session")

@@ -71,7 +71,8 @@ def run_bench(archs: list[str], batch_size: int = 128, steps: int = 3, device: s
     dev = get_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {dev} ({name})  batch {batch_size}  amp={amp} channels_last={channels_last} compile={compile}")
-    print(f"{'arch':<16}{'standard train':>16}{f'PGD-{pgd_steps} train':>16}{f'PGD-{pgd_steps} attack':>16}   (images/s)")
+    header = f"{'standard train':>16}{f'PGD-{pgd_steps} train':>16}{f'PGD-{pgd_steps} attack':>16}"
+    print(f"{'arch':<16}{header}   (images/s)")
     results = {}
     for arch in archs:
         r = bench_arch(arch, batch_size, steps, dev, pgd_steps, amp, channels_last, compile)

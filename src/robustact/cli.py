@@ -41,7 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run directory: {out}")
     if args.eval:
         return cmd_eval(argparse.Namespace(
-            target=str(out), attacks=None, n=None, eps=None, out=None, which="best", arch=None,
+            target=str(out), attacks=None, suite=None, n=None, eps=None, out=None, which="best", arch=None,
             batch_size=None, data_dir=args.data_dir, device=args.device, no_progress=args.no_progress,
             seed=0, num_classes=None, download=args.download))
     return 0
@@ -53,8 +53,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from robustact.attacks.base import validate_eps
     from robustact.attacks.registry import make_attack, parse_attack_list
     from robustact.config import parse_number
+    from robustact.errors import RobustactError
     from robustact.evaluation import evaluate
     from robustact.evaluation.report import format_table, write_reports
+    from robustact.evaluation.suites import build_suite
     from robustact.runs import load_model
     from robustact.training.data_setup import prepare_test_data
     from robustact.utils import get_device, seed_everything
@@ -62,9 +64,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, config, weights = load_model(args.target, which=args.which, arch=args.arch, num_classes=args.num_classes)
     ev = config.get("eval", {})
     eps = validate_eps(parse_number(args.eps if args.eps is not None else ev.get("eps", "8/255")))
-    names = parse_attack_list(args.attacks or ev.get("attacks", ["fgsm", "pgd20", "cw"]))
     n = int(args.n if args.n is not None else ev.get("n", 1000))
-    attacks = {name: make_attack(name, eps, seed=args.seed) for name in names}
+    if args.suite and args.attacks:
+        raise RobustactError("give --suite or --attacks, not both")
+    if args.suite:
+        attacks = build_suite(args.suite, model, eps, seed=args.seed)
+    else:
+        names = parse_attack_list(args.attacks or ev.get("attacks", ["fgsm", "pgd20", "cw"]))
+        attacks = {name: make_attack(name, eps, seed=args.seed) for name in names}
     device = get_device(args.device or config.get("device"))
     if args.download:
         config["data"]["download"] = True
@@ -75,13 +82,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(model, x, y.to(device), attacks, eps=eps, batch_size=args.batch_size or ev.get("batch_size", 250),
                       progress=not args.no_progress, seed=args.seed)
     print(format_table(result, title=f"{weights}  ({config['data']['dataset']} test images 0-{n - 1})"))
-    out = Path(args.out) if args.out else (weights.parent.parent / "eval" / "eval.json"
+    stem = args.suite or "eval"
+    out = Path(args.out) if args.out else (weights.parent.parent / "eval" / f"{stem}.json"
                                             if weights.parent.name == "checkpoints" else None)
     if out is not None:
         meta = {"checkpoint": str(weights), "dataset": config["data"]["dataset"], "device": str(device),
                 "torch": torch.__version__}
         write_reports(result, out, meta, title=f"Evaluation of {weights}")
         print(f"report: {out} (+ {out.with_suffix('.md').name})")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from robustact.analysis import AnalysisOptions, run_analysis
+    from robustact.attacks.base import validate_eps
+    from robustact.config import parse_number
+
+    targets = [Path(t) for t in args.targets]
+    out = Path(args.out) if args.out else (targets[0] if targets[0].is_dir() else targets[0].parent) / "analysis"
+    options = AnalysisOptions(out=out, class_idx=args.class_idx, n=args.n, eps=validate_eps(parse_number(args.eps)),
+                              which=args.which, data_root=args.data_dir, device=args.device, seed=args.seed)
+    for path in run_analysis(args.kind, targets, options):
+        print(f"wrote {path}")
     return 0
 
 
@@ -145,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="attack a run or checkpoint; table + JSON/Markdown report")
     p.add_argument("target", help="run directory or checkpoint (.safetensors, or a plain state_dict .pt)")
     p.add_argument("--attacks", help="comma-separated, e.g. fgsm,pgd20,cw (default: the run config's)")
+    p.add_argument("--suite", help="quick | standard | paper | adaptive (paper/adaptive: the model's defense)")
     p.add_argument("--n", type=int, help="first N test images (default: the run config's, 1000)")
     p.add_argument("--eps", help="Linf radius in pixel units, e.g. 8/255")
     p.add_argument("--out", help="JSON report path (default: RUN/eval/eval.json)")
@@ -156,6 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("analyze", help="activation analyses of runs (CSV + PNG), e.g. --kind channels")
+    p.add_argument("targets", nargs="+", help="run directories or checkpoints (several are shown side by side)")
+    p.add_argument("--kind", required=True, help="channels (CAS), relevance (CIFS), gates (Sparta)")
+    p.add_argument("--class", dest="class_idx", type=int, help="class whose test images are analysed")
+    p.add_argument("--n", type=int, default=1000, help="first N test images considered")
+    p.add_argument("--eps", default="8/255")
+    p.add_argument("--which", default="best", choices=["best", "last"])
+    p.add_argument("--out", help="output folder (default: FIRST_RUN/analysis)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("info", help="versions, device, datasets found, architectures, presets")
     _add_common(p)

@@ -27,7 +27,8 @@ def format_markdown(result: EvalResult, title: str = "Evaluation", meta: dict | 
     for key, value in (meta or {}).items():
         out.append(f"- {key}: {value}")
     out += [f"- n: {result.n} (the first {result.n} test images)", f"- eps: {result.eps * 255:.4g}/255",
-            f"- seed: {result.seed}", "", "| attack | accuracy (%) | seconds | settings |", "| --- | ---: | ---: | --- |"]
+            f"- seed: {result.seed}", "", "| attack | accuracy (%) | seconds | settings |",
+            "| --- | ---: | ---: | --- |"]
     for name, value in acc.items():
         secs = result.seconds.get(name)
         out.append(f"| {name} | {100 * value:.2f} | {'' if secs is None else f'{secs:.1f}'} "

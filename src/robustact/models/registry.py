@@ -82,10 +82,11 @@ def _is_no_defense(defense: Any) -> bool:
 def apply_defense(model: nn.Module, arch: str, defense: str, **defense_kwargs: Any) -> nn.Module:
     """Put `defense`'s sites into `model` (in place) where the papers put them for `arch`.
 
-    Placeholder until the defense placement module exists; it will route to
-    `robustact.defenses.placement`. Sites replace the `nn.Identity` slots of the architectures.
+    Routed to `robustact.defenses.registry`; sites replace the `nn.Identity` slots of the architectures.
     """
-    raise ConfigError(f"unknown defense {defense!r}; known: none")
+    from robustact.defenses.registry import place_defense
+
+    return place_defense(model, arch, defense, **defense_kwargs)
 
 
 def build_model(

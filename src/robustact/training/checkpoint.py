@@ -127,7 +127,9 @@ def load_checkpoint_state(directory: Path, tag: str) -> tuple[dict, dict[str, to
         raise CheckpointError(f"{info_path} is not valid JSON; the checkpoint is corrupt") from None
     tensors, meta = read_weights(directory / f"{tag}.safetensors")
     if meta.get("epoch") and str(info.get("epoch")) != meta["epoch"]:
-        raise CheckpointError(f"{directory}/{tag}: weights are from epoch {meta['epoch']}, state from {info.get('epoch')}")
+        raise CheckpointError(
+            f"{directory}/{tag}: weights are from epoch {meta['epoch']}, state from {info.get('epoch')}; corrupt"
+        )
     state, _ = read_weights(directory / f"{tag}.state.safetensors")
     return info, tensors, state
 
