@@ -119,6 +119,17 @@ class Attack:
             value = value + self.extra_loss(model, logits, y)
         return -value if self.targeted else value
 
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`model(x)`, fed channels_last on CPU (3-4x faster convolutions and pooling there, same values to
+        ~1e-8). A model whose forward needs NCHW-contiguous maps (`.view` on them) gets a plain retry and
+        keeps getting NCHW from this attack. Autograd sees the format change: gradients come back as x."""
+        if x.dim() == 4 and x.device.type == "cpu" and not getattr(self, "_nchw_only", False):
+            try:
+                return model(x.contiguous(memory_format=torch.channels_last))
+            except RuntimeError:
+                self._nchw_only = True
+        return model(x)
+
     def loss_and_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         """(logits, per-example loss, gradient of the summed loss w.r.t. x), all detached."""
         x = x.detach().requires_grad_(True)

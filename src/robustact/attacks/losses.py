@@ -20,7 +20,8 @@ def other_max(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 0.0) -> torch.Tensor:
-    """Carlini-Wagner margin on logits: `-max(z_y - max_{j!=y} z_j + kappa, 0)`; 0 once the margin exceeds kappa."""
+    """Carlini-Wagner margin on logits: `-max(z_y - max_{j!=y} z_j + kappa, 0)`; 0 once the margin exceeds
+    kappa."""
     logits = logits.float()
     z_y = logits.gather(1, y[:, None]).squeeze(1)
     return -(z_y - other_max(logits, y) + kappa).clamp(min=0)
@@ -35,7 +36,7 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Targeted DLR (Croce & Hein 2020), ascended toward `target`: `-(z_y - z_t) / (z_π1 - (z_π3 + z_π4) / 2)`.
+    """Targeted DLR (Croce & Hein 2020), ascended toward `target`: -(z_y - z_t) / (z_π1 - (z_π3 + z_π4)/2).
 
     The denominator skips z_π2 because the target itself is usually the runner-up; needs >= 4 classes.
     """

@@ -1,0 +1,202 @@
+"""AutoAttack (Croce & Hein 2020): an ensemble of parameter-free attacks run in cascade.
+
+"standard" = APGD-CE (100 steps, 1 restart), APGD-T (9 targets), FAB-T (9 targets), Square (5000 queries);
+"plus" = APGD-CE and APGD-DLR with 5 restarts, untargeted FAB with 5 restarts, Square, APGD-T, FAB-T. Each
+attack runs only on the examples every earlier attack failed on, so the worst case per example comes at the
+cost of the strongest attack on the hard examples only. The attacks are diverse on purpose: APGD-DLR/T are
+invariant to logit scaling, FAB minimises the distance, Square needs no gradients.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from robustact.attacks.apgd import APGD, APGDT
+from robustact.attacks.base import Attack, attack_mode
+from robustact.attacks.fab import FAB
+from robustact.attacks.square import Square
+from robustact.errors import RobustactError
+
+VERSIONS = ("standard", "plus", "custom")
+ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+PLUS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+
+
+def build_component(name: str, eps: float, norm: str, *, version: str = "standard", seed: int | None = 0,
+                    extra_loss=None, model_mode: str = "eval") -> Attack:
+    """One of AutoAttack's attacks with the official settings of `version` ("plus" has 5 restarts)."""
+    restarts = 5 if version == "plus" else 1
+    grad_kw = {"seed": seed, "extra_loss": extra_loss, "model_mode": model_mode}
+    if name == "apgd-ce":
+        return APGD(eps, norm, loss="ce", steps=100, restarts=restarts, **grad_kw)
+    if name == "apgd-dlr":
+        return APGD(eps, norm, loss="dlr", steps=100, restarts=restarts, **grad_kw)
+    if name == "apgd-t":
+        return APGDT(eps, norm, steps=100, n_target_classes=9, restarts=1, **grad_kw)
+    if name == "fab":
+        return FAB(eps, norm, steps=100, targeted=False, restarts=restarts, **grad_kw)
+    if name == "fab-t":
+        return FAB(eps, norm, steps=100, n_target_classes=9, targeted=True, restarts=1, **grad_kw)
+    if name == "square":
+        return Square(eps, norm, n_queries=5000, p_init=0.8, restarts=1, seed=seed, model_mode=model_mode)
+    raise RobustactError(f"unknown AutoAttack component {name!r}; known: {', '.join(ATTACK_NAMES)}")
+
+
+@dataclass
+class AutoAttackResult:
+    """Per-example outcomes. `robust[name][i]`: example i still correctly classified after attack `name` —
+    in cascade mode this includes all earlier attacks (the official bookkeeping); with `cascade=False` each
+    attack ran alone on the clean-correct points. `worst_case` = correct under every attack."""
+
+    clean: torch.Tensor
+    robust: dict[str, torch.Tensor] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=dict)
+    x_adv: torch.Tensor | None = None
+    cascade: bool = True
+
+    @property
+    def worst_case(self) -> torch.Tensor:
+        out = self.clean.clone()
+        for r in self.robust.values():
+            out &= r
+        return out
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.clean.float().mean().item() if self.clean.numel() else 0.0
+
+    @property
+    def robust_accuracy(self) -> float:
+        return self.worst_case.float().mean().item() if self.clean.numel() else 0.0
+
+    def new_successes(self) -> dict[str, torch.Tensor]:
+        """Examples each attack fooled that every earlier attack had missed."""
+        out, alive = {}, self.clean.clone()
+        for name, r in self.robust.items():
+            out[name] = alive & ~r
+            alive &= r
+        return out
+
+    def accuracies(self) -> dict[str, float]:
+        acc = {"clean": self.clean_accuracy}
+        acc |= {name: r.float().mean().item() for name, r in self.robust.items()}
+        acc["worst_case"] = self.robust_accuracy
+        return acc
+
+    def to_dict(self) -> dict:
+        return {
+            "n": int(self.clean.numel()),
+            "cascade": self.cascade,
+            "accuracy": self.accuracies(),
+            "seconds": dict(self.times),
+            "per_example": {"clean": self.clean.int().tolist(), "worst_case": self.worst_case.int().tolist()}
+            | {name: r.int().tolist() for name, r in self.robust.items()},
+        }
+
+
+class AutoAttack(Attack):
+    """`AutoAttack(eps)(model, x, y) -> x_adv`; `.run(model, x, y) -> AutoAttackResult` with the details.
+
+    Args:
+        version: "standard", "plus" or "custom" (then `attacks` names the subset, in order).
+        attacks: for "custom": names from `ATTACK_NAMES`, Attack objects, or a {name: Attack} mapping
+            (e.g. a Square with fewer queries).
+        seed: seeds every component afresh on every batch (same inputs, same result).
+        batch_size: examples per attack call.
+        cascade: run each attack only on the examples still robust (default, as the official code);
+            False runs each one on all clean-correct examples (per-attack robustness, slower).
+        extra_loss: passed to the gradient attacks (a defense's aux-logit term).
+    """
+
+    name = "autoattack"
+
+    def __init__(self, eps: float, norm: str = "Linf", *, version: str = "standard",
+                 attacks: Sequence[str | Attack] | Mapping[str, Attack] | None = None, seed: int | None = 0,
+                 batch_size: int = 500, verbose: bool = False, cascade: bool = True, extra_loss=None,
+                 model_mode: str = "eval") -> None:
+        super().__init__(eps, norm, extra_loss=extra_loss, model_mode=model_mode, seed=seed)
+        if version not in VERSIONS:
+            raise RobustactError(f"unknown AutoAttack version {version!r}; known: {', '.join(VERSIONS)}")
+        if version != "custom" and attacks is not None:
+            raise RobustactError(
+                f"version={version!r} fixes the attacks; use version='custom' to choose them"
+            )
+        if version == "custom" and not attacks:
+            raise RobustactError("version='custom' needs attacks, e.g. attacks=['apgd-ce', 'square']")
+        if batch_size < 1:
+            raise RobustactError(f"batch_size must be >= 1, got {batch_size}")
+        self.version = version
+        self.batch_size = int(batch_size)
+        self.verbose = verbose
+        self.cascade = cascade
+        kw = {"seed": seed, "extra_loss": extra_loss, "model_mode": model_mode}
+        if version == "custom":
+            items = attacks.items() if isinstance(attacks, Mapping) else [
+                (a, None) if isinstance(a, str) else (getattr(a, "name", type(a).__name__), a)
+                for a in attacks
+            ]
+            self.attacks: dict[str, Attack] = {}
+            for key, atk in items:
+                if key in self.attacks:
+                    raise RobustactError(f"attack {key!r} given twice; name them with a mapping")
+                self.attacks[key] = atk if atk is not None else build_component(key, eps, norm, **kw)
+        else:
+            names = STANDARD if version == "standard" else PLUS
+            self.attacks = {n: build_component(n, eps, norm, version=version, **kw) for n in names}
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._run(model, x, y).x_adv
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AutoAttackResult:
+        """Evaluate: clean correctness, robustness after each attack, timings and the adversarial inputs."""
+        self._check_inputs(x, y)
+        with attack_mode(model, self.model_mode):
+            return self._run(model, x.detach(), y.detach())
+
+    @torch.no_grad()
+    def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if len(x) == 0:
+            return torch.zeros(0, dtype=torch.long, device=x.device)
+        with torch.inference_mode():
+            bs = self.batch_size
+            pred = torch.cat([self.forward(model, x[i:i + bs]).argmax(1) for i in range(0, len(x), bs)])
+        return pred.clone()
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AutoAttackResult:
+        clean = self._predict(model, x) == y
+        res = AutoAttackResult(clean=clean.clone(), x_adv=x.clone(), cascade=self.cascade)
+        robust = clean.clone()
+        if self.verbose:
+            print(f"[autoattack] clean accuracy {res.clean_accuracy:.2%} on {len(y)} examples")
+        for name, attack in self.attacks.items():
+            start = time.perf_counter()
+            pool = robust if self.cascade else clean
+            now = pool.clone()
+            idx = pool.nonzero().flatten()
+            for i in range(0, idx.numel(), self.batch_size):
+                b = idx[i:i + self.batch_size]
+                x_adv = attack(model, x[b], y[b])
+                fooled = self._predict(model, x_adv) != y[b]
+                hit = b[fooled]
+                now[hit] = False
+                first = robust[hit]  # all of them in cascade mode; keep the first attack's point otherwise
+                res.x_adv[hit[first]] = x_adv[fooled][first]
+                robust[hit] = False
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            res.times[name] = time.perf_counter() - start
+            res.robust[name] = now
+            if self.verbose:
+                print(f"[autoattack] {name}: robust accuracy {now.float().mean().item():.2%} "
+                      f"({res.times[name]:.1f} s)")
+        return res
+
+    def __repr__(self) -> str:
+        return (f"AutoAttack(eps={self.eps:.5g}, norm={self.norm}, version={self.version}, "
+                f"attacks={list(self.attacks)})")
