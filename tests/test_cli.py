@@ -105,7 +105,7 @@ def test_eval_of_a_foreign_checkpoint_writes_reports(tmp_path):
         pytest.skip("pyautoattack not installed")
     out = tmp_path / "report.json"
     proc = run_cli("eval", str(path), "--arch", "resnet18", "--attacks", "fgsm", "--n", "20", "--out", str(out),
-                   "--no-progress")
+                   "--no-progress", "--sanity-n", "0")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert report["n"] == 20 and set(report["accuracy"]) == {"clean", "fgsm", "worst_case"}
@@ -113,6 +113,19 @@ def test_eval_of_a_foreign_checkpoint_writes_reports(tmp_path):
     assert report["accuracy"]["clean"] >= 0.9
     assert out.with_suffix(".md").is_file()
     assert "fgsm" in proc.stdout and "clean" in proc.stdout
+
+
+@requires_cifar
+def test_eval_reports_sanity_flags(small_checkpoint, tmp_path):
+    out = tmp_path / "report.json"
+    proc = run_cli("eval", str(small_checkpoint), "--attacks", "fgsm,pgd5", "--n", "16", "--sanity-n", "16",
+                   "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    sanity = json.loads(out.read_text())["sanity"]
+    names = {f["name"] for f in sanity}
+    assert {"zero_or_nan_gradients", "randomized_forward"} <= names, names
+    assert all(isinstance(f["fired"], bool) and f["n"] == 16 for f in sanity)
+    assert "sanity checks:" in proc.stdout and "## Sanity checks" in out.with_suffix(".md").read_text()
 
 
 def test_info_runs():

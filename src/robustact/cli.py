@@ -43,11 +43,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         return cmd_eval(argparse.Namespace(
             target=str(out), attacks=None, suite=None, n=None, eps=None, out=None, which="best", arch=None,
             batch_size=None, data_dir=args.data_dir, device=args.device, no_progress=args.no_progress,
-            seed=0, num_classes=None, download=args.download))
+            seed=0, num_classes=None, download=args.download, sanity_n=200))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     import torch
 
     from robustact.attacks.base import validate_eps
@@ -56,6 +58,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from robustact.errors import RobustactError
     from robustact.evaluation import evaluate
     from robustact.evaluation.report import format_table, write_reports
+    from robustact.evaluation.sanity import run_sanity_checks
     from robustact.evaluation.suites import build_suite
     from robustact.runs import load_model
     from robustact.training.data_setup import prepare_test_data
@@ -81,6 +84,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     x = x_u8.to(device).float().div_(255)
     result = evaluate(model, x, y.to(device), attacks, eps=eps, batch_size=args.batch_size or ev.get("batch_size", 250),
                       progress=not args.no_progress, seed=args.seed)
+    if args.sanity_n:
+        m = min(args.sanity_n, n)
+        subset = {name: r[:m] for name, r in result.robust.items()}
+        flags = run_sanity_checks(model, x[:m], y[:m].to(device), subset, eps=eps, seed=args.seed)
+        result.sanity = [asdict(f) | {"n": m} for f in flags]
     print(format_table(result, title=f"{weights}  ({config['data']['dataset']} test images 0-{n - 1})"))
     stem = args.suite or "eval"
     out = Path(args.out) if args.out else (weights.parent.parent / "eval" / f"{stem}.json"
@@ -177,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="classes of a checkpoint without robustact metadata")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sanity-n", type=int, default=200,
+                   help="run the gradient-masking sanity checks on the first N images (0: skip)")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 

@@ -49,6 +49,7 @@ class EvalResult:
     seconds: dict[str, float] = field(default_factory=dict)
     attacks: dict[str, str] = field(default_factory=dict)
     seed: int = 0
+    sanity: list[dict] = field(default_factory=list)  # flags of robustact.evaluation.sanity, as dicts
 
     @property
     def worst(self) -> torch.Tensor:
@@ -72,6 +73,7 @@ class EvalResult:
             "accuracy": self.accuracy(),
             "attacks": self.attacks,
             "seconds": self.seconds,
+            "sanity": self.sanity,
             "per_example": {"clean": self.clean.int().tolist(), "worst_case": self.worst.int().tolist()}
             | {name: r.int().tolist() for name, r in self.robust.items()},
         }

@@ -18,6 +18,10 @@ def format_table(result: EvalResult, title: str = "") -> str:
         secs = result.seconds.get(name)
         lines.append(f"{name:<{width}}{100 * value:>9.2f}%{'' if secs is None else f'{secs:>10.1f}'}")
     lines.append(f"(n = {result.n} test images, eps = {result.eps * 255:.3g}/255)")
+    fired = [f for f in result.sanity if f["fired"]]
+    if result.sanity:
+        lines.append(f"sanity checks: {len(result.sanity) - len(fired)} passed, {len(fired)} flagged")
+    lines += [f"  FLAG {f['name']}: {f['message']}" for f in fired]
     return "\n".join(lines)
 
 
@@ -33,6 +37,10 @@ def format_markdown(result: EvalResult, title: str = "Evaluation", meta: dict | 
         secs = result.seconds.get(name)
         out.append(f"| {name} | {100 * value:.2f} | {'' if secs is None else f'{secs:.1f}'} "
                    f"| {result.attacks.get(name, '')} |")
+    if result.sanity:
+        out += ["", "## Sanity checks", "", "| check | flagged | value | what it suggests |", "| --- | --- | ---: | --- |"]
+        out += [f"| {f['name']} | {'**yes**' if f['fired'] else 'no'} | {f['value']:.4g} | {f['message']} |"
+                for f in result.sanity]
     return "\n".join(out) + "\n"
 
 
