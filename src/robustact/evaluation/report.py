@@ -38,7 +38,8 @@ def format_markdown(result: EvalResult, title: str = "Evaluation", meta: dict | 
         out.append(f"| {name} | {100 * value:.2f} | {'' if secs is None else f'{secs:.1f}'} "
                    f"| {result.attacks.get(name, '')} |")
     if result.sanity:
-        out += ["", "## Sanity checks", "", "| check | flagged | value | what it suggests |", "| --- | --- | ---: | --- |"]
+        out += ["", "## Sanity checks", "", "| check | flagged | value | what it suggests |",
+                "| --- | --- | ---: | --- |"]
         out += [f"| {f['name']} | {'**yes**' if f['fired'] else 'no'} | {f['value']:.4g} | {f['message']} |"
                 for f in result.sanity]
     return "\n".join(out) + "\n"
