@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import requires_cifar
 from safetensors.torch import load_file
 
 from robustact.config import apply_overrides, load_preset
@@ -13,8 +14,6 @@ from robustact.errors import CheckpointError, RobustactError
 from robustact.runs import load_model
 from robustact.training import Trainer
 from robustact.training.checkpoint import load_weights_into
-
-from conftest import requires_cifar
 
 pytestmark = requires_cifar
 

@@ -37,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
         "defense_kwargs": {},
         "activation": "relu",
         "normalize": None,         # [mean, std] inside the model, or None for raw [0, 1] input
+        "activation_from": None,   # run/checkpoint whose learned activations (Sparta) are copied in (transfer)
+        "activation_freeze": True,  # freeze the copied activations (requires_grad=False)
+        "activation_mapping": "stage",  # stage (ResNet-18 -> 34: extra blocks reuse a stage's last) | exact
     },
     "training": {
         "objective": "pgd_at",
@@ -51,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": False,
         "compile": False,
         "select_on_test": False,   # papers picked the best test-set checkpoint; not sound, off by default
+        "select_metric": "auto",   # what `best` maximises: auto (pgd; clean for standard training) | pgd | clean
         "val_n": 500,              # validation images attacked each epoch
         "val_attack_steps": 10,
         "grad_clip": None,

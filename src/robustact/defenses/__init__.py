@@ -10,5 +10,6 @@ particular defense; they use only:
 """
 
 from robustact.defenses.base import DefenseSite, aux_logits, conditioned, mask_mode, sites
+from robustact.defenses.transfer import transfer_activations
 
-__all__ = ["DefenseSite", "aux_logits", "conditioned", "mask_mode", "sites"]
+__all__ = ["DefenseSite", "aux_logits", "conditioned", "mask_mode", "sites", "transfer_activations"]

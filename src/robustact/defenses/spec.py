@@ -25,6 +25,10 @@ class DefenseSpec:
                   "label" — it sees the label's masks (EWAS).
     attack_aux_weight: weight of the mean aux CE in the training attack's joint loss.
     aux_only_train_attack: the training attack ascends the aux CE alone (CAS code before July 2022).
+    aux_in_objective: TRADES / MART apply their own loss to every aux head as well, weighted by aux_weight and
+                      averaged over sites (the CAS and EWAS code); False: the aux heads get only the CE above.
+    mart_aux_kl_bug: with aux_in_objective, MART's aux KL compares the adversarial aux distribution with itself
+                     (≈ 0), as the official EWAS code does; off by default.
     """
 
     name: str = "none"
@@ -34,6 +38,8 @@ class DefenseSpec:
     attack_masks: str = "pred"
     attack_aux_weight: float = 0.0
     aux_only_train_attack: bool = False
+    aux_in_objective: bool = False
+    mart_aux_kl_bug: bool = False
 
     def train_forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.train_masks == "label":
@@ -72,6 +78,11 @@ class DefenseSpec:
         if self.aux_only_train_attack:
             attack.loss_fn = lambda logits, y: torch.zeros(y.shape[0], device=y.device)
         return _MaskedAttack(attack, self.attack_masks)
+
+    def wrap_masks(self, adversary):
+        """Any `(model, x, y) -> x_adv` callable run with the training attack's mask mode (e.g. TRADES' KL
+        adversary); unchanged without a defense."""
+        return adversary if self.name == "none" else _MaskedAttack(adversary, self.attack_masks)
 
 
 class _MaskedAttack:

@@ -5,7 +5,7 @@ penultimate representation, `classifier_layer()` the final Linear. Defense sites
 `nn.Identity` slots (`site`, `pre_site`, `final_site`, VGG `slots`) without changing state_dict keys.
 """
 
-from robustact.models import preact_resnet, resnet, vgg, wideresnet  # noqa: F401  (registers the archs)
+from robustact.models import activations, preact_resnet, resnet, vgg, wideresnet  # noqa: F401  (registers them)
 from robustact.models.layers import (
     ImageClassifier,
     list_activations,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustact.attacks import FGSM, PGD, attack_mode
+from robustact.defenses.base import aux_logits
 from robustact.defenses.spec import defense_spec
 from robustact.errors import ConfigError
 
@@ -92,8 +93,44 @@ def trades_adversary(model: nn.Module, x: torch.Tensor, ctx: ObjectiveContext) -
     return x_adv.detach()
 
 
+def _kl_sum(logits_adv: torch.Tensor, logits_nat: torch.Tensor) -> torch.Tensor:
+    return F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits_nat.float(), 1), reduction="sum")
+
+
+def trades_adversary_two_heads(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                               ctx: ObjectiveContext) -> torch.Tensor:
+    """TRADES' inner maximisation on both heads (CAS / EWAS code): KL_final + w·mean_s KL(aux_s), with the
+    defense's training-attack masks (predicted in eval mode for CAS, the label's for EWAS)."""
+    spec = defense_spec(model)
+    weight = spec.attack_aux_weight
+
+    def adversary(model_, x_, y_):
+        with attack_mode(model_, ctx.attack_model_mode), torch.enable_grad():
+            with torch.no_grad():
+                logits_nat = model_(x_)
+                aux_nat = [a.detach() for a in aux_logits(model_)]
+            x_adv = (x_ + 0.001 * torch.randn_like(x_)).clamp(0, 1)
+            for _ in range(ctx.steps):
+                x_adv.requires_grad_(True)
+                loss = _kl_sum(model_(x_adv), logits_nat)
+                heads = aux_logits(model_)
+                if heads and weight:
+                    loss = loss + weight * torch.stack([_kl_sum(a, n) for a, n in zip(heads, aux_nat)]).mean()
+                (grad,) = torch.autograd.grad(loss, x_adv)
+                x_adv = x_adv.detach() + ctx.alpha * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x_ - ctx.eps), x_ + ctx.eps).clamp(0, 1)
+        return x_adv.detach()
+
+    return spec.wrap_masks(adversary)(model, x, y)
+
+
 def trades(model, x, y, ctx):
-    """CE(f(x), y) + β·KL(f(x) ‖ f(x')), KL summed over classes and averaged over the batch."""
+    """CE(f(x), y) + β·KL(f(x) ‖ f(x')), KL summed over classes and averaged over the batch.
+
+    With a defense whose spec has `aux_in_objective`, both parts also act on every aux head (weight
+    `aux_weight`, mean over sites), and the adversary maximises the KL of both heads (the CAS / EWAS code)."""
+    if defense_spec(model).aux_in_objective:
+        return _trades_two_heads(model, x, y, ctx)
     x_adv = trades_adversary(model, x, ctx)
     logits_nat = train_forward(model, x, y)
     loss_nat = supervised_loss(model, logits_nat, y)
@@ -104,17 +141,60 @@ def trades(model, x, y, ctx):
 
 def mart_loss(logits_adv: torch.Tensor, logits_nat: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
     """MART (Wang et al. 2020): BCE on x' + β·KL(p(x) ‖ p(x'))·(1 − p_y(x)), as in the MART code."""
+    true_probs = F.softmax(logits_nat.float(), dim=1).gather(1, y[:, None]).squeeze(1)
+    loss_adv, kl = mart_parts(logits_adv, logits_nat, y, true_probs)
+    return loss_adv + beta * kl
+
+
+def mart_parts(logits_adv: torch.Tensor, logits_nat: torch.Tensor, y: torch.Tensor,
+               true_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MART's two terms for one head: boosted CE on x', and KL(p(x) ‖ p(x'))·(1 − `true_probs`) (batch mean)."""
     adv_probs = F.softmax(logits_adv.float(), dim=1)
     top2 = adv_probs.topk(2, dim=1).indices
     new_y = torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])
     loss_adv = F.cross_entropy(logits_adv.float(), y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), new_y)
     nat_probs = F.softmax(logits_nat.float(), dim=1)
-    true_probs = nat_probs.gather(1, y[:, None]).squeeze(1)
     kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(dim=1)
-    return loss_adv + beta * (kl * (1.0000001 - true_probs)).mean()
+    return loss_adv, (kl * (1.0000001 - true_probs)).mean()
+
+
+def _trades_two_heads(model, x, y, ctx):
+    spec = defense_spec(model)
+    x_adv = trades_adversary_two_heads(model, x, y, ctx)
+    logits_nat = train_forward(model, x, y)
+    aux_nat = aux_logits(model)
+    loss_nat = supervised_loss(model, logits_nat, y)
+    logits_adv = train_forward(model, x_adv, y)
+    n = y.shape[0]
+    robust = _kl_sum(logits_adv, logits_nat) / n
+    heads = aux_logits(model)
+    if heads:
+        robust = robust + spec.aux_weight * torch.stack([_kl_sum(a, b) / n for a, b in zip(heads, aux_nat)]).mean()
+    return spec.main_weight * (loss_nat + ctx.trades_beta * robust), logits_adv
+
+
+def _mart_two_heads(model, x, y, ctx):
+    """MART on both heads (CAS / EWAS code): each aux head gets its own boosted CE and KL term, weighted by
+    (1 − p_y) of the *final* head's natural prediction; `mart_aux_kl_bug` compares the adversarial aux
+    distribution with itself, as the official EWAS code."""
+    spec = defense_spec(model)
+    x_adv = training_attack(model, ctx)(model, x, y)
+    logits_nat = train_forward(model, x, y)
+    aux_nat = aux_logits(model)
+    logits_adv = train_forward(model, x_adv, y)
+    aux_adv = aux_logits(model)
+    true_probs = F.softmax(logits_nat.float(), dim=1).gather(1, y[:, None]).squeeze(1)
+    loss_adv, kl = mart_parts(logits_adv, logits_nat, y, true_probs)
+    if aux_adv:
+        parts = [mart_parts(a, (a if spec.mart_aux_kl_bug else b), y, true_probs) for a, b in zip(aux_adv, aux_nat)]
+        loss_adv = loss_adv + spec.aux_weight * torch.stack([p[0] for p in parts]).mean()
+        kl = kl + spec.aux_weight * torch.stack([p[1] for p in parts]).mean()
+    return spec.main_weight * (loss_adv + ctx.mart_beta * kl), logits_adv
 
 
 def mart(model, x, y, ctx):
+    if defense_spec(model).aux_in_objective:
+        return _mart_two_heads(model, x, y, ctx)
     x_adv = training_attack(model, ctx)(model, x, y)
     logits_nat = train_forward(model, x, y)
     logits_adv = train_forward(model, x_adv, y)

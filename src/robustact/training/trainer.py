@@ -98,6 +98,12 @@ class Trainer:
 
         # the model first: a bad arch or defense fails before any data is read
         self.model = build_model_from_config(config, num_classes_of(config["data"])).to(self.device)
+        if config["model"].get("activation_from"):  # frozen transfer of learned activations (Sparta)
+            from robustact.defenses.transfer import transfer_activations
+
+            transfer_activations(config["model"]["activation_from"], self.model,
+                                 mapping=config["model"].get("activation_mapping") or "stage",
+                                 freeze=bool(config["model"].get("activation_freeze", True)))
         self.data = prepare_training_data(config["data"], self.seed, data_root)
         self.channels_last = bool(training.get("channels_last"))
         if self.channels_last:
@@ -224,11 +230,22 @@ class Trainer:
         clean, robust = accuracy_under(self.model, x, y.to(self.device), attack, batch_size=500)
         return {f"{prefix}_clean_acc": clean, f"{prefix}_pgd{steps}_acc": robust}
 
+    def select_metric(self) -> str:
+        """What `best` maximises: PGD accuracy for adversarial objectives, clean accuracy for standard training
+        (whose PGD accuracy is ~0 and would pick an untrained early epoch)."""
+        choice = self.config["training"].get("select_metric", "auto")
+        if choice == "auto":
+            return "clean" if self.config["training"]["objective"] == "standard" else "pgd"
+        if choice not in ("clean", "pgd"):
+            raise ConfigError(f"training.select_metric must be auto, clean or pgd, got {choice!r}")
+        return choice
+
     def end_epoch(self, epoch: int, record: dict) -> None:
         select_key = "test" if self.config["training"].get("select_on_test") else "val"
-        metric = next((v for k, v in record.items() if k.startswith(f"{select_key}_pgd")), None)
+        kind = self.select_metric()
+        metric = next((v for k, v in record.items() if k.startswith(f"{select_key}_{kind}")), None)
         if metric is not None and metric > self.best["metric"]:
-            self.best = {"metric": metric, "epoch": epoch + 1, "selected_on": select_key}
+            self.best = {"metric": metric, "epoch": epoch + 1, "selected_on": select_key, "criterion": kind}
             save_weights(self.model, self.ckpt_dir / "best.safetensors", {"epoch": str(epoch + 1)})
             atomic_write_text(self.ckpt_dir / "best.json", json.dumps(self.best | {"epoch": epoch + 1}))
         record["best_epoch"] = self.best["epoch"]
