@@ -36,14 +36,14 @@ PAPER_BETA = 2.0
 BETA_SWEEP = (0.0, 0.1, 1.0, 10.0, 100.0)
 OPTIONS_ENV = "ROBUSTACT_SUITE_OPTIONS"
 DEFAULT_OPTIONS = {"steps": "20", "aa": "standard", "square_queries": "5000",
-                   "surrogate": "/work/runs/pgd-at-small"}
+                   "surrogate": "runs/pgd-at-small"}
 
 
 def suite_options() -> dict:
     """Options of the linear-mask adaptive suites, from `$ROBUSTACT_SUITE_OPTIONS` ("key=value,key=value"):
     steps (PGD steps of every adaptive attack, 20), aa ("standard" AutoAttack, or a "+"-joined custom list
     such as "apgd-ce+apgd-t"), square_queries (5000), surrogate (EWAS transfer: run dir or checkpoint of an
-    undefended model, default /work/runs/pgd-at-small)."""
+    undefended model; default runs/pgd-at-small, i.e. `robustact train --preset pgd-at-small --out runs/pgd-at-small`)."""
     import os
 
     from robustact.errors import RobustactError

@@ -11,7 +11,7 @@ adaptive — the shared linear-mask attacks (see `protocols/cas.py`) with aux we
                  CE_final + 1·CE_aux from there (same ε-ball)
   square       : Square alone (gradient-free; 5000 queries unless `square_queries` says otherwise)
   transfer     : PGD-20 crafted on an undefended surrogate (option `surrogate`, default
-                 /work/runs/pgd-at-small: the CPU-sized PGD-AT baseline), then applied to the EWAS model
+                 runs/pgd-at-small: the CPU-sized PGD-AT baseline), then applied to the EWAS model
 Options come from `$ROBUSTACT_SUITE_OPTIONS` (`robustact.evaluation.protocols.cas.suite_options`).
 """
 
