@@ -43,7 +43,8 @@ def suite_options() -> dict:
     """Options of the linear-mask adaptive suites, from `$ROBUSTACT_SUITE_OPTIONS` ("key=value,key=value"):
     steps (PGD steps of every adaptive attack, 20), aa ("standard" AutoAttack, or a "+"-joined custom list
     such as "apgd-ce+apgd-t"), square_queries (5000), surrogate (EWAS transfer: run dir or checkpoint of an
-    undefended model; default runs/pgd-at-small, i.e. `robustact train --preset pgd-at-small --out runs/pgd-at-small`)."""
+    undefended model; default runs/pgd-at-small, as made by
+    `robustact train --preset pgd-at-small --out runs/pgd-at-small`)."""
     import os
 
     from robustact.errors import RobustactError
