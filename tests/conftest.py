@@ -16,6 +16,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared CPU: one thread each is faster than two fighting for the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def data_root() -> Path | None:
     root = os.environ.get("ROBUSTACT_DATA")
     if root and (Path(root) / "cifar-10-batches-py" / "test_batch").is_file():

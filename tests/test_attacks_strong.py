@@ -19,13 +19,7 @@ SHAPE = (3, 8, 8)
 D = 3 * 8 * 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread avoids oversubscription on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_model(k: int, seed: int = 0, bias_scale: float = 0.0) -> nn.Module:

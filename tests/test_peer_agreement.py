@@ -38,16 +38,8 @@ def _data_root() -> Path | None:
     return Path(root) if ok else None
 
 
-pytestmark = pytest.mark.skipif(_data_root() is None, reason="set ROBUSTACT_DATA to a folder with CIFAR-10")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convolutions on a shared CPU: one thread each is faster than two fighting for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.skipif(_data_root() is None, reason="set ROBUSTACT_DATA to a folder with CIFAR-10"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def small_cnn() -> nn.Module:

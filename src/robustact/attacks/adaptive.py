@@ -9,6 +9,7 @@ from torch import nn
 
 from robustact.attacks.pgd import PGD
 from robustact.defenses.base import aux_logits, conditioned, mask_mode, sites
+from robustact.evaluation.engine import predict
 
 
 def joint_loss(beta: float, aux_only: bool = False, reduce: str = "mean"):
@@ -60,15 +61,6 @@ class WorstOf:
     def __init__(self, attacks: list, name: str | None = None) -> None:
         self.attacks, self.name = list(attacks), name
 
-    @torch.no_grad()
-    def _fooled(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        was = model.training
-        model.eval()
-        try:
-            return model(x).argmax(1) != y
-        finally:
-            model.train(was)
-
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         best = x.clone()
         open_ = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
@@ -78,7 +70,7 @@ class WorstOf:
                 break
             x_adv = attack(model, x[idx], y[idx])
             best[idx] = x_adv
-            open_[idx[self._fooled(model, x_adv, y[idx])]] = False
+            open_[idx[_fooled(model, x_adv, y[idx])]] = False
         return best
 
     def __repr__(self) -> str:
@@ -164,15 +156,9 @@ class SoftMaskPGD(PGD):
                 + (f"+{self.extra_loss.__name__}" if self.extra_loss is not None else "") + ")")
 
 
-@torch.no_grad()
 def _fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Misclassified by the real (eval-mode, predicted-mask) model."""
-    was = model.training
-    model.eval()
-    try:
-        return model(x).argmax(1) != y
-    finally:
-        model.train(was)
+    return predict(model, x, batch_size=max(len(x), 1)) != y
 
 
 class EnumerateMasks:
