@@ -153,3 +153,16 @@ class ImageClassifier(nn.Module):
 def global_pool(x: torch.Tensor) -> torch.Tensor:
     """Adaptive average pooling to (N, C): any input size, unlike the usual `avg_pool2d(out, 4)`."""
     return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+def make_stages(block: type[nn.Module], in_planes: int, widths: list[int], num_blocks, activation: str,
+                strides=(1, 2, 2, 2)) -> list[nn.Sequential]:
+    """The four residual stages of a CIFAR ResNet (`layer1..layer4`): `block(in, out, stride, activation)`."""
+    stages = []
+    for planes, blocks, stride in zip(widths, num_blocks, strides):
+        layers = []
+        for s in [stride] + [1] * (blocks - 1):
+            layers.append(block(in_planes, planes, s, activation))
+            in_planes = planes
+        stages.append(nn.Sequential(*layers))
+    return stages

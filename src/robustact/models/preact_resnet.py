@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustact.models.layers import ImageClassifier, global_pool, make_activation
+from robustact.models.layers import ImageClassifier, global_pool, make_activation, make_stages
 from robustact.models.registry import register_model
 
 
@@ -54,23 +54,13 @@ class PreActResNet(ImageClassifier):
     ) -> None:
         super().__init__()
         widths = [width, 2 * width, 4 * width, 8 * width]
-        self.in_planes = width
         self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
-        self.layer1 = self._make_layer(widths[0], num_blocks[0], 1, activation)
-        self.layer2 = self._make_layer(widths[1], num_blocks[1], 2, activation)
-        self.layer3 = self._make_layer(widths[2], num_blocks[2], 2, activation)
-        self.layer4 = self._make_layer(widths[3], num_blocks[3], 2, activation)
+        stages = make_stages(PreActBlock, width, widths, num_blocks, activation)
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.bn = nn.BatchNorm2d(widths[3])
         self.act = make_activation(activation, widths[3])
         self.final_site = nn.Identity()
         self.linear = nn.Linear(widths[3], num_classes)
-
-    def _make_layer(self, planes: int, blocks: int, stride: int, activation: str) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (blocks - 1):
-            layers.append(PreActBlock(self.in_planes, planes, s, activation))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
 
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
