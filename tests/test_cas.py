@@ -211,18 +211,20 @@ def test_paper_suite_settings():
     assert torch.allclose(pgd.loss(model, logits, y), ref, atol=1e-5)
 
 
-def test_adaptive_suite_contents(monkeypatch):
+def test_adaptive_suite_contents():
+    from robustact.errors import RobustactError
     from robustact.evaluation.suites import build_suite
 
-    monkeypatch.setenv("ROBUSTACT_SUITE_OPTIONS", "steps=5,aa=apgd-ce")
-    suite = build_suite("adaptive", _cas(), 8 / 255)
+    suite = build_suite("adaptive", _cas(), 8 / 255, options={"steps": "5", "aa": "apgd-ce"})
     assert list(suite) == ["pgd5-b0", "pgd5-b0.1", "pgd5-b1", "pgd5-b10", "pgd5-b100", "pgd5-auxonly",
                            "bpda-softmask", "kmask", "aa"]
-    monkeypatch.setenv("ROBUSTACT_SUITE_OPTIONS", "nonsense=1")
-    from robustact.errors import RobustactError
-
-    with pytest.raises(RobustactError, match="known keys"):
-        build_suite("adaptive", _cas(), 8 / 255)
+    assert suite["pgd5-b10"].steps == 5
+    with pytest.raises(RobustactError, match="no option 'nonsense'"):
+        build_suite("adaptive", _cas(), 8 / 255, options={"nonsense": "1"})
+    with pytest.raises(RobustactError, match="positive integer"):
+        build_suite("adaptive", _cas(), 8 / 255, options={"steps": "many"})
+    with pytest.raises(RobustactError, match="no option"):
+        build_suite("paper", _cas(), 8 / 255, options={"steps": "5"})
 
 
 def test_mask_enumeration_fixes_each_class_mask_and_pulls_aux_toward_it():

@@ -208,9 +208,10 @@ def test_protocols_run_and_restore():
 
     model = build_model("resnet_small", defense="cifs", width=8).eval()
     x, y = torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 2])
-    paper = build_suite("paper", model, 8 / 255)
-    adaptive = build_suite("adaptive", model, 8 / 255)
+    paper = build_suite("paper", model, 8 / 255, options={"square_queries": "7"})
+    adaptive = build_suite("adaptive", model, 8 / 255, options={"steps": "3"})
     assert set(paper) == {"fgsm", "pgd20", "pgd100", "cw30", "aa-cifs"}
+    assert paper["aa-cifs"].attacks["square"].n_queries == 7 and adaptive["ce-thru"].attack.steps == 3
     assert {"ce-thru", "joint-b10-thru", "probe-only-thru", "top2-switch-thru", "aa"} <= set(adaptive)
     cheap = build_paper(model, 8 / 255, include_aa=False)
     cheap["pgd20"].steps = 2
@@ -226,6 +227,7 @@ def test_protocols_run_and_restore():
     # on a plain model the protocol is the plain attacks (the joint terms vanish)
     plain = build_model("resnet_small", width=8).eval()
     assert build_paper(plain, 8 / 255, include_aa=False)["pgd20"](plain, x, y).shape == x.shape
+    assert set(build_suite("paper", plain, 8 / 255, protocol="cifs")) == set(paper)
 
 
 def test_relevance_analysis(tmp_path, monkeypatch):

@@ -131,3 +131,29 @@ def test_eval_reports_sanity_flags(small_checkpoint, tmp_path):
 def test_info_runs():
     proc = run_cli("info")
     assert proc.returncode == 0 and "torch" in proc.stdout and "resnet_small" in proc.stdout
+
+
+@requires_cifar
+def test_paper_protocol_on_a_baseline_with_only_and_cascade(small_checkpoint, tmp_path):
+    out = tmp_path / "report.json"
+    proc = run_cli("eval", str(small_checkpoint), "--suite", "paper", "--protocol", "cas", "--only", "pgd20,fgsm",
+                   "--cascade", "pgd20", "--n", "12", "--sanity-n", "0", "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert list(report["attacks"]) == ["fgsm", "pgd20"]  # the suite's order, not the flag's
+    assert "step 0.003" in report["attacks"]["pgd20"] and report["cascaded"] == ["pgd20"]
+    assert "cascaded" in proc.stdout
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--suite", "paper", "--protocol", "nope"], ["unknown protocol", "cas"]),
+    (["--suite", "adaptive", "--protocol", "cas"], ["--protocol applies to --suite paper"]),
+    (["--suite", "paper", "--protocol", "cas", "--suite-opt", "steps"], ["KEY=VALUE"]),
+    (["--suite", "paper", "--protocol", "cas", "--suite-opt", "steps=5"], ["no option 'steps'"]),
+    (["--suite", "paper", "--protocol", "cas", "--only", "pgd99"], ["--only", "pgd99", "cw20"]),
+    (["--attacks", "fgsm", "--cascade", "pgd20"], ["--cascade", "pgd20"]),
+    (["--attacks", "fgsm", "--only", "fgsm"], ["go with --suite"]),
+    (["--suite", "paper"], ["not defined for defense 'none'", "--protocol"]),
+])
+def test_suite_flag_errors(small_checkpoint, flags, fragments):
+    assert_one_line_error(run_cli("eval", str(small_checkpoint), "--n", "4", *flags), *fragments)

@@ -196,16 +196,15 @@ def test_paper_suite_settings():
     assert torch.allclose(c.loss(model, logits, y), ref, atol=1e-5)
 
 
-def test_adaptive_suite_contents_and_surrogate_option(monkeypatch, tmp_path):
+def test_adaptive_suite_contents_and_surrogate_option(tmp_path):
     from robustact.evaluation.suites import build_suite
 
-    monkeypatch.setenv("ROBUSTACT_SUITE_OPTIONS", f"steps=4,aa=apgd-ce,square_queries=10,surrogate={tmp_path}")
-    suite = build_suite("adaptive", _ewas(), 8 / 255)
+    options = {"steps": "4", "aa": "apgd-ce", "square_queries": "10", "surrogate": str(tmp_path)}
+    suite = build_suite("adaptive", _ewas(), 8 / 255, options=options)
     assert list(suite) == ["pgd4-b1", "pgd4-b10", "pgd4-b100", "pgd4-auxonly", "bpda-softmask", "kmask",
                            "twostage", "square", "transfer", "aa"]
     assert suite["square"].n_queries == 10
-    monkeypatch.setenv("ROBUSTACT_SUITE_OPTIONS", f"surrogate={tmp_path / 'missing'}")
-    assert "transfer" not in build_suite("adaptive", _ewas(), 8 / 255)
+    assert "transfer" not in build_suite("adaptive", _ewas(), 8 / 255, options={"surrogate": str(tmp_path / "x")})
 
 
 def test_two_stage_attack_flips_the_aux_head_first():

@@ -41,7 +41,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run directory: {out}")
     if args.eval:
         return cmd_eval(argparse.Namespace(
-            target=str(out), attacks=None, suite=None, n=None, eps=None, out=None, which="best", arch=None,
+            target=str(out), attacks=None, suite=None, suite_opt=None, only=None, protocol=None, cascade=None,
+            n=None, eps=None, out=None, which="best", arch=None,
             batch_size=None, data_dir=args.data_dir, device=args.device, no_progress=args.no_progress,
             seed=0, num_classes=None, download=args.download, sanity_n=200))
     return 0
@@ -59,7 +60,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from robustact.evaluation import evaluate
     from robustact.evaluation.report import format_table, write_reports
     from robustact.evaluation.sanity import run_sanity_checks
-    from robustact.evaluation.suites import build_suite
+    from robustact.evaluation.suites import build_suite, parse_options
     from robustact.runs import load_model
     from robustact.training.data_setup import prepare_test_data
     from robustact.utils import get_device, seed_everything
@@ -70,11 +71,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     n = int(args.n if args.n is not None else ev.get("n", 1000))
     if args.suite and args.attacks:
         raise RobustactError("give --suite or --attacks, not both")
+    if not args.suite and (args.suite_opt or args.only or args.protocol):
+        raise RobustactError("--suite-opt, --only and --protocol go with --suite")
     if args.suite:
-        attacks = build_suite(args.suite, model, eps, seed=args.seed)
+        attacks = build_suite(args.suite, model, eps, seed=args.seed, options=parse_options(args.suite_opt or []),
+                              protocol=args.protocol)
+        if args.only:
+            attacks = _subset(attacks, args.only, "--only")
     else:
         names = parse_attack_list(args.attacks or ev.get("attacks", ["fgsm", "pgd20", "cw"]))
         attacks = {name: make_attack(name, eps, seed=args.seed) for name in names}
+    cascade = list(attacks) if args.cascade == "all" else list(_subset(attacks, args.cascade or "", "--cascade"))
     device = get_device(args.device or config.get("device"))
     if args.download:
         config["data"]["download"] = True
@@ -83,14 +90,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = model.to(device)
     x = x_u8.to(device).float().div_(255)
     result = evaluate(model, x, y.to(device), attacks, eps=eps, batch_size=args.batch_size or ev.get("batch_size", 250),
-                      progress=not args.no_progress, seed=args.seed)
+                      progress=not args.no_progress, seed=args.seed, only_robust=cascade)
     if args.sanity_n:
         m = min(args.sanity_n, n)
         subset = {name: r[:m] for name, r in result.robust.items()}
         flags = run_sanity_checks(model, x[:m], y[:m].to(device), subset, eps=eps, seed=args.seed)
         result.sanity = [asdict(f) | {"n": m} for f in flags]
     print(format_table(result, title=f"{weights}  ({config['data']['dataset']} test images 0-{n - 1})"))
-    stem = args.suite or "eval"
+    stem = f"{args.suite}-{args.protocol}" if args.protocol else (args.suite or "eval")
     out = Path(args.out) if args.out else (weights.parent.parent / "eval" / f"{stem}.json"
                                             if weights.parent.name == "checkpoints" else None)
     if out is not None:
@@ -99,6 +106,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_reports(result, out, meta, title=f"Evaluation of {weights}")
         print(f"report: {out} (+ {out.with_suffix('.md').name})")
     return 0
+
+
+def _subset(attacks: dict, names: str, flag: str) -> dict:
+    """The attacks named in a comma-separated list, in the suite's order; an unknown name is an error."""
+    from robustact.errors import RobustactError
+
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in attacks]
+    if unknown:
+        raise RobustactError(f"{flag}: no attack {unknown[0]!r} here; the attacks are: {', '.join(attacks)}")
+    return {name: a for name, a in attacks.items() if name in wanted}
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -176,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="run directory or checkpoint (.safetensors, or a plain state_dict .pt)")
     p.add_argument("--attacks", help="comma-separated, e.g. fgsm,pgd20,cw (default: the run config's)")
     p.add_argument("--suite", help="quick | standard | paper | adaptive (paper/adaptive: the model's defense)")
+    p.add_argument("--suite-opt", action="append", metavar="KEY=VALUE",
+                   help="suite option, e.g. aa=apgd-ce+apgd-t, steps=50, square_queries=1000, surrogate=RUN")
+    p.add_argument("--only", metavar="NAMES", help="run only these attacks of the suite (comma-separated)")
+    p.add_argument("--protocol", metavar="DEFENSE",
+                   help="run DEFENSE's paper suite on an undefended model (a baseline under the same attacks)")
+    p.add_argument("--cascade", metavar="NAMES",
+                   help="run these attacks (or 'all') only on examples robust to every attack before them: same "
+                        "worst case, less time; their own figures become cumulative")
     p.add_argument("--n", type=int, help="first N test images (default: the run config's, 1000)")
     p.add_argument("--eps", help="Linf radius in pixel units, e.g. 8/255")
     p.add_argument("--out", help="JSON report path (default: RUN/eval/eval.json)")

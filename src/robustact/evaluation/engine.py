@@ -4,6 +4,7 @@ attack, and the worst case per example (an example counts as robust only if ever
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +51,7 @@ class EvalResult:
     attacks: dict[str, str] = field(default_factory=dict)
     seed: int = 0
     sanity: list[dict] = field(default_factory=list)  # flags of robustact.evaluation.sanity, as dicts
+    cascaded: list[str] = field(default_factory=list)  # attacks run only on the examples robust so far
 
     @property
     def worst(self) -> torch.Tensor:
@@ -74,6 +76,7 @@ class EvalResult:
             "attacks": self.attacks,
             "seconds": self.seconds,
             "sanity": self.sanity,
+            "cascaded": self.cascaded,
             "per_example": {"clean": self.clean.int().tolist(), "worst_case": self.worst.int().tolist()}
             | {name: r.int().tolist() for name, r in self.robust.items()},
         }
@@ -81,16 +84,23 @@ class EvalResult:
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: dict[str, Attack], *,
              eps: float, batch_size: int = 250, progress: bool = True, seed: int = 0,
-             only_robust: bool = False) -> EvalResult:
+             only_robust: bool | Collection[str] = False) -> EvalResult:
     """Clean accuracy, then each attack on every clean-correct example, so each attack's accuracy stands on
     its own (as papers report them). `only_robust=True` cascades like AutoAttack: each attack only on the
-    examples still robust — the worst case is the same, it is faster, but per-attack figures become cumulative."""
+    examples still robust — the worst case is the same, it is faster, but per-attack figures become cumulative.
+    A collection of names cascades only those attacks (e.g. the expensive ones, run last); their figures are
+    then "robust to this and to everything before it", and `result.cascaded` lists them."""
     clean = predict(model, x, batch_size) == y
     result = EvalResult(n=len(y), eps=eps, clean=clean.cpu(), seed=seed,
                         attacks={name: repr(a) for name, a in attacks.items()})
+    cascaded = set(attacks) if only_robust is True else set(only_robust or ())
+    unknown = cascaded - set(attacks)
+    if unknown:
+        raise ValueError(f"cascade names {sorted(unknown)} are not attacks of this evaluation ({list(attacks)})")
+    result.cascaded = [name for name in attacks if name in cascaded]
     worst = clean.clone()
     for name, attack in attacks.items():
-        pool = worst if only_robust else clean
+        pool = worst if name in cascaded else clean
         idx = pool.nonzero().flatten()
         robust = pool.clone()
         start = time.perf_counter()

@@ -18,6 +18,8 @@ def format_table(result: EvalResult, title: str = "") -> str:
         secs = result.seconds.get(name)
         lines.append(f"{name:<{width}}{100 * value:>9.2f}%{'' if secs is None else f'{secs:>10.1f}'}")
     lines.append(f"(n = {result.n} test images, eps = {result.eps * 255:.3g}/255)")
+    if result.cascaded:
+        lines.append(f"cascaded (run only on the examples robust to every attack above): {', '.join(result.cascaded)}")
     fired = [f for f in result.sanity if f["fired"]]
     if result.sanity:
         lines.append(f"sanity checks: {len(result.sanity) - len(fired)} passed, {len(fired)} flagged")
@@ -31,7 +33,11 @@ def format_markdown(result: EvalResult, title: str = "Evaluation", meta: dict | 
     for key, value in (meta or {}).items():
         out.append(f"- {key}: {value}")
     out += [f"- n: {result.n} (the first {result.n} test images)", f"- eps: {result.eps * 255:.4g}/255",
-            f"- seed: {result.seed}", "", "| attack | accuracy (%) | seconds | settings |",
+            f"- seed: {result.seed}"]
+    if result.cascaded:
+        out.append(f"- cascaded (run only on the examples robust to every attack above them; their accuracy is "
+                   f"cumulative): {', '.join(result.cascaded)}")
+    out += ["", "| attack | accuracy (%) | seconds | settings |",
             "| --- | ---: | ---: | --- |"]
     for name, value in acc.items():
         secs = result.seconds.get(name)

@@ -1,8 +1,9 @@
 """Attack suites by name. `quick` and `standard` are generic; `paper` and `adaptive` belong to a defense.
 
-A suite builder is `build(model, eps, seed) -> dict[name, attack]`, where an attack is anything called as
-`attack(model, x, y) -> x_adv` (a `robustact.attacks.Attack`, or a wrapper that, e.g., fixes the defense's
-masks). Defense modules register theirs with `register_suite("paper", defense="cas")`.
+A suite builder is `build(model, eps, seed, options) -> dict[name, attack]`, where an attack is anything called
+as `attack(model, x, y) -> x_adv` (a `robustact.attacks.Attack`, or a wrapper that, e.g., fixes the defense's
+masks) and `options` the suite's string options (`robustact eval --suite-opt key=value`; read them with
+`read_options`). Defense modules register theirs with `register_suite("paper", defense="cas")`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from robustact.attacks.registry import make_attack
 from robustact.defenses.spec import defense_spec
 from robustact.errors import RobustactError
 
-SuiteBuilder = Callable[[nn.Module, float, int], dict]
+SuiteBuilder = Callable[[nn.Module, float, int, dict], dict]
 _SUITES: dict[tuple[str, str | None], SuiteBuilder] = {}
 
 
@@ -28,12 +29,44 @@ def register_suite(name: str, defense: str | None = None) -> Callable[[SuiteBuil
     return decorator
 
 
-def _named(names: list[str]) -> SuiteBuilder:
-    return lambda model, eps, seed: {n: make_attack(n, eps, seed=seed) for n in names}
+def read_options(options: dict | None, defaults: dict, suite: str) -> dict:
+    """`defaults` updated with `options`; a key the suite does not know is an error, not silently ignored."""
+    unknown = sorted(set(options or {}) - set(defaults))
+    if unknown:
+        known = ", ".join(defaults) or "none"
+        raise RobustactError(f"suite {suite!r} has no option {unknown[0]!r}; its options: {known}")
+    return {**defaults, **(options or {})}
 
 
-register_suite("quick")(_named(["fgsm", "pgd20"]))
-register_suite("standard")(_named(["fgsm", "pgd20", "pgd100", "cw30", "aa"]))
+def positive_int(options: dict, key: str) -> int:
+    """options[key] as a positive int, or a one-line error naming the option."""
+    value = str(options[key])
+    if not value.isdigit() or int(value) < 1:
+        raise RobustactError(f"suite option {key}={value!r}: expected a positive integer")
+    return int(value)
+
+
+def parse_options(items: list[str]) -> dict:
+    """["steps=20", "aa=standard"] -> {"steps": "20", "aa": "standard"}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RobustactError(f"--suite-opt expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _named(suite: str, names: list[str]) -> SuiteBuilder:
+    def build(model: nn.Module, eps: float, seed: int, options: dict) -> dict:
+        read_options(options, {}, suite)
+        return {n: make_attack(n, eps, seed=seed) for n in names}
+
+    return build
+
+
+register_suite("quick")(_named("quick", ["fgsm", "pgd20"]))
+register_suite("standard")(_named("standard", ["fgsm", "pgd20", "pgd100", "cw30", "aa"]))
 
 
 def _load_protocols(defense: str) -> None:
@@ -47,17 +80,37 @@ def _load_protocols(defense: str) -> None:
 
 
 def list_suites() -> list[str]:
+    from robustact.defenses.registry import list_defenses
+
+    for defense in list_defenses():
+        _load_protocols(defense)
     return sorted({name for name, _ in _SUITES})
 
 
-def build_suite(name: str, model: nn.Module, eps: float, seed: int = 0) -> dict:
-    """The attacks of suite `name` for this model (its defense's version of `paper`/`adaptive`)."""
+def build_suite(name: str, model: nn.Module, eps: float, seed: int = 0, options: dict | None = None,
+                protocol: str | None = None) -> dict:
+    """The attacks of suite `name` for this model (its defense's version of `paper`/`adaptive`).
+
+    `protocol` names the defense whose `paper` suite to run on an undefended model, so that a baseline meets
+    exactly the attacks of that paper (their aux-head terms are zero without sites)."""
     defense = defense_spec(model).name
+    if protocol:
+        if defense not in ("none", protocol):
+            raise RobustactError(f"--protocol {protocol} on a {defense} model; drop it to use the model's own")
+        if name != "paper":
+            raise RobustactError("--protocol applies to --suite paper only (adaptive suites need the defense)")
+        from robustact.defenses.registry import list_defenses
+
+        if protocol not in list_defenses():
+            raise RobustactError(f"unknown protocol {protocol!r}; known: {', '.join(list_defenses())}")
+        defense = protocol
     if defense != "none":
         _load_protocols(defense)
     build = _SUITES.get((name, defense)) or _SUITES.get((name, None))
     if build is None:
-        if any(n == name for n, _ in _SUITES):
-            raise RobustactError(f"suite {name!r} is not defined for defense {defense!r}; try quick or standard")
+        if name in list_suites():
+            hint = " (for an undefended baseline: --protocol DEFENSE)" if defense == "none" else ""
+            raise RobustactError(f"suite {name!r} is not defined for defense {defense!r}; try quick or "
+                                 f"standard{hint}")
         raise RobustactError(f"unknown suite {name!r}; known: {', '.join(list_suites())}")
-    return build(model, eps, seed)
+    return build(model, eps, seed, dict(options or {}))

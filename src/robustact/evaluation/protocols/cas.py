@@ -30,31 +30,22 @@ from robustact.attacks.adaptive import (
     joint_loss,
 )
 from robustact.attacks.registry import make_attack
-from robustact.evaluation.suites import register_suite
+from robustact.evaluation.suites import positive_int, read_options, register_suite
 
 PAPER_BETA = 2.0
 BETA_SWEEP = (0.0, 0.1, 1.0, 10.0, 100.0)
-OPTIONS_ENV = "ROBUSTACT_SUITE_OPTIONS"
 DEFAULT_OPTIONS = {"steps": "20", "aa": "standard", "square_queries": "5000",
                    "surrogate": "runs/pgd-at-small"}
 
 
-def suite_options() -> dict:
-    """Options of the linear-mask adaptive suites, from `$ROBUSTACT_SUITE_OPTIONS` ("key=value,key=value"):
-    steps (PGD steps of every adaptive attack, 20), aa ("standard" AutoAttack, or a "+"-joined custom list
-    such as "apgd-ce+apgd-t"), square_queries (5000), surrogate (EWAS transfer: run dir or checkpoint of an
-    undefended model; default runs/pgd-at-small, as made by
-    `robustact train --preset pgd-at-small --out runs/pgd-at-small`)."""
-    import os
-
-    from robustact.errors import RobustactError
-
-    opts = dict(DEFAULT_OPTIONS)
-    for item in filter(None, (p.strip() for p in os.environ.get(OPTIONS_ENV, "").split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or key.strip() not in DEFAULT_OPTIONS:
-            raise RobustactError(f"{OPTIONS_ENV}: cannot read {item!r}; known keys: {', '.join(DEFAULT_OPTIONS)}")
-        opts[key.strip()] = value.strip()
+def suite_options(options: dict | None) -> dict:
+    """Options of the linear-mask adaptive suites (`robustact eval --suite-opt key=value`): steps (PGD steps of
+    every adaptive attack, 20), aa ("standard" AutoAttack, or a "+"-joined custom list such as
+    "apgd-ce+apgd-t"), square_queries (5000), surrogate (EWAS transfer: run dir or checkpoint of an undefended
+    model; default runs/pgd-at-small, as made by `robustact train --preset pgd-at-small --out runs/pgd-at-small`)."""
+    opts = read_options(options, DEFAULT_OPTIONS, "adaptive")
+    for key in ("steps", "square_queries"):
+        positive_int(opts, key)
     return opts
 
 
@@ -72,9 +63,9 @@ def paper_eps(eps: float) -> float:
     return 0.031 if abs(eps - 8 / 255) < 1e-9 else eps
 
 
-def adaptive_linear_mask(model: nn.Module, eps: float, seed: int, betas=BETA_SWEEP, aa: bool = True) -> dict:
-    """The adaptive attacks shared by CAS and EWAS (the two linear-mask defenses)."""
-    opts = suite_options()
+def adaptive_linear_mask(model: nn.Module, eps: float, seed: int, opts: dict, betas=BETA_SWEEP,
+                         aa: bool = True) -> dict:
+    """The adaptive attacks shared by CAS and EWAS (the two linear-mask defenses); `opts` from `suite_options`."""
     steps = int(opts["steps"])
     attacks: dict = {}
     step = f"PGD-{steps}, eps={eps:.5g}, step 2.5eps/{steps}, random start, predicted masks"
@@ -95,7 +86,8 @@ def adaptive_linear_mask(model: nn.Module, eps: float, seed: int, betas=BETA_SWE
 
 
 @register_suite("paper", defense="cas")
-def cas_paper(model: nn.Module, eps: float, seed: int = 0) -> dict:
+def cas_paper(model: nn.Module, eps: float, seed: int = 0, options: dict | None = None) -> dict:
+    read_options(options, {}, "paper")
     e = paper_eps(eps)
     return {
         "fgsm": Described(FGSM(eps, alpha=eps, random_start=True, extra_loss=joint_loss(PAPER_BETA), seed=seed),
@@ -111,8 +103,8 @@ def cas_paper(model: nn.Module, eps: float, seed: int = 0) -> dict:
 
 
 @register_suite("adaptive", defense="cas")
-def cas_adaptive(model: nn.Module, eps: float, seed: int = 0) -> dict:
-    return adaptive_linear_mask(model, eps, seed)
+def cas_adaptive(model: nn.Module, eps: float, seed: int = 0, options: dict | None = None) -> dict:
+    return adaptive_linear_mask(model, eps, seed, suite_options(options))
 
 
 # -- sanity checks over saved reports ---------------------------------------------------------------------

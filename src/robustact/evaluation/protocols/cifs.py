@@ -1,6 +1,6 @@
 """CIFS evaluation protocols: `paper` (the authors' attacks, METHODS.md §2) and `adaptive` (attacks that know
 the defense). Both also work on a model without CIFS sites (the joint terms are then zero), so a plain PGD-AT
-baseline can be run under exactly the same attacks with `build_paper(model, eps, seed)`.
+baseline can be run under exactly the same attacks (`robustact eval RUN --suite paper --protocol cifs`).
 
 paper (official `CIFAR10_Res18_CIFS_test.py` and the first commit's reduced AutoAttack): every loss is the
 joint loss `L(final) + β_atk·mean_l L(probe_l)` with β_atk = 2, sites with their official detached relevance
@@ -37,7 +37,7 @@ from robustact.attacks.adaptive import aux_only_loss, joint_loss
 from robustact.attacks.losses import margin_loss, other_max
 from robustact.defenses.base import aux_logits
 from robustact.defenses.cifs import relevance_gradients
-from robustact.evaluation.suites import register_suite
+from robustact.evaluation.suites import positive_int, read_options, register_suite
 
 PAPER_BETA = 2.0
 PAPER_KAPPA = 50.0
@@ -181,5 +181,15 @@ def build_adaptive(model: nn.Module, eps: float, seed: int = 0, *, steps: int = 
     return attacks
 
 
-register_suite("paper", defense="cifs")(build_paper)
-register_suite("adaptive", defense="cifs")(build_adaptive)
+@register_suite("paper", defense="cifs")
+def cifs_paper(model: nn.Module, eps: float, seed: int = 0, options: dict | None = None) -> dict:
+    opts = read_options(options, {"square_queries": "5000"}, "paper")
+    attacks = build_paper(model, eps, seed, include_aa=False)
+    attacks["aa-cifs"] = reduced_autoattack(eps, seed, n_queries=positive_int(opts, "square_queries"))
+    return attacks
+
+
+@register_suite("adaptive", defense="cifs")
+def cifs_adaptive(model: nn.Module, eps: float, seed: int = 0, options: dict | None = None) -> dict:
+    opts = read_options(options, {"steps": "50"}, "adaptive")
+    return build_adaptive(model, eps, seed, steps=positive_int(opts, "steps"))

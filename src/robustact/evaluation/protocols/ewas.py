@@ -12,7 +12,7 @@ adaptive — the shared linear-mask attacks (see `protocols/cas.py`) with aux we
   square       : Square alone (gradient-free; 5000 queries unless `square_queries` says otherwise)
   transfer     : PGD-20 crafted on an undefended surrogate (option `surrogate`, default
                  runs/pgd-at-small: the CPU-sized PGD-AT baseline), then applied to the EWAS model
-Options come from `$ROBUSTACT_SUITE_OPTIONS` (`robustact.evaluation.protocols.cas.suite_options`).
+Options: `robustact eval --suite-opt key=value` (`robustact.evaluation.protocols.cas.suite_options`).
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ from robustact.attacks import FGSM, PGD
 from robustact.attacks.adaptive import Described, StagedPGD, Transfer, aux_loss, aux_only_loss, joint_loss
 from robustact.attacks.registry import make_attack
 from robustact.evaluation.protocols.cas import adaptive_linear_mask, autoattack, paper_eps, suite_options
-from robustact.evaluation.suites import register_suite
+from robustact.evaluation.suites import read_options, register_suite
 
 PAPER_LAMBDA = 0.01
 ADAPTIVE_BETAS = (1.0, 10.0, 100.0)
 
 @register_suite("paper", defense="ewas")
-def ewas_paper(model: nn.Module, eps: float, seed: int = 0) -> dict:
+def ewas_paper(model: nn.Module, eps: float, seed: int = 0, options: dict | None = None) -> dict:
+    read_options(options, {}, "paper")
     e = paper_eps(eps)
     return {
         "fgsm": Described(FGSM(e, alpha=e, random_start=True, extra_loss=joint_loss(PAPER_LAMBDA), seed=seed),
@@ -47,10 +48,10 @@ def ewas_paper(model: nn.Module, eps: float, seed: int = 0) -> dict:
     }
 
 @register_suite("adaptive", defense="ewas")
-def ewas_adaptive(model: nn.Module, eps: float, seed: int = 0) -> dict:
-    opts = suite_options()
+def ewas_adaptive(model: nn.Module, eps: float, seed: int = 0, options: dict | None = None) -> dict:
+    opts = suite_options(options)
     steps = int(opts["steps"])
-    attacks = adaptive_linear_mask(model, eps, seed, betas=ADAPTIVE_BETAS, aa=False)
+    attacks = adaptive_linear_mask(model, eps, seed, opts, betas=ADAPTIVE_BETAS, aa=False)
     attacks["twostage"] = StagedPGD(eps, stages=[(10, aux_only_loss, joint_loss(1.0, aux_only=True)),
                                                  (steps, "ce", joint_loss(1.0))],
                                     alpha=2.5 * eps / steps, seed=seed)
@@ -62,7 +63,7 @@ def ewas_adaptive(model: nn.Module, eps: float, seed: int = 0) -> dict:
                                        name=f"Transfer(PGD-{steps} CE, eps={eps:.5g}, surrogate={surrogate})")
     else:
         print(f"robustact: warning: transfer attack skipped: surrogate {surrogate} not found "
-              "(set ROBUSTACT_SUITE_OPTIONS=surrogate=RUN)", file=sys.stderr)
+              "(--suite-opt surrogate=RUN)", file=sys.stderr)
 
     attacks["aa"] = autoattack(eps, seed, opts["aa"])
     return attacks
