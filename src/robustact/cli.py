@@ -1,4 +1,4 @@
-"""`robustact train | eval | info | bench | presets` — the command-line face of the library."""
+"""`robustact train | eval | compare | analyze | info | bench | presets` — the command-line face of the library."""
 
 from __future__ import annotations
 
@@ -101,7 +101,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (weights.parent.parent / "eval" / f"{stem}.json"
                                             if weights.parent.name == "checkpoints" else None)
     if out is not None:
-        meta = {"checkpoint": str(weights), "dataset": config["data"]["dataset"], "device": str(device),
+        classes = config["data"].get("classes")
+        meta = {"checkpoint": str(weights), "dataset": config["data"]["dataset"],
+                "images": f"first {n} test images" + (f" of classes {classes}" if classes else ""),
+                "device": str(device),
                 "torch": torch.__version__}
         write_reports(result, out, meta, title=f"Evaluation of {weights}")
         print(f"report: {out} (+ {out.with_suffix('.md').name})")
@@ -117,6 +120,18 @@ def _subset(attacks: dict, names: str, flag: str) -> dict:
     if unknown:
         raise RobustactError(f"{flag}: no attack {unknown[0]!r} here; the attacks are: {', '.join(attacks)}")
     return {name: a for name, a in attacks.items() if name in wanted}
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from robustact.evaluation.compare import format_comparison, merge_reports
+    from robustact.utils import atomic_write_text
+
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    table = format_comparison(merge_reports(args.reports), columns)
+    print(table, end="")
+    if args.out:
+        atomic_write_text(Path(args.out), table)
+    return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -215,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the gradient-masking sanity checks on the first N images (0: skip)")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="one Markdown table from eval reports (same model: one row, joint worst case)")
+    p.add_argument("reports", nargs="+", help="JSON reports written by `robustact eval`")
+    p.add_argument("--columns", help="comma-separated attack columns in order (default: all, as first seen)")
+    p.add_argument("--out", help="also write the table to this file")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("analyze", help="activation analyses of runs (CSV + PNG), e.g. --kind channels")
     p.add_argument("targets", nargs="+", help="run directories or checkpoints (several are shown side by side)")
