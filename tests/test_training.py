@@ -101,3 +101,13 @@ def test_select_on_test_is_explicit(tmp_path):
     record = json.loads((out / "metrics.jsonl").read_text())
     assert "test_pgd2_acc" in record
     assert json.loads((out / "checkpoints" / "best.json").read_text())["selected_on"] == "test"
+
+
+def test_label_mask_defense_records_the_aux_heads_accuracy(tmp_path, straight_run):
+    """CAS trains with the label's mask (train_acc sees the label); train_aux_acc is the honest figure."""
+    out = tmp_path / "cas"
+    Trainer(tiny_config("training.epochs=1", "model.defense=cas"), out, progress=False).fit()
+    record = json.loads((out / "metrics.jsonl").read_text())
+    assert 0.0 <= record["train_aux_acc"] <= 1.0 and record["train_aux_acc"] < record["train_acc"]
+    plain = json.loads((straight_run / "metrics.jsonl").read_text().splitlines()[0])
+    assert "train_aux_acc" not in plain

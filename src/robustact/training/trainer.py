@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from robustact.attacks import PGD
 from robustact.config import dump_config, get_float, parse_number
 from robustact.data import DeviceLoader
+from robustact.defenses.base import aux_logits
 from robustact.errors import ConfigError, RobustactError
 from robustact.evaluation.engine import accuracy_under
 from robustact.models import build_model
@@ -172,6 +173,10 @@ class Trainer:
         n_batches = len(loader)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        # Label-mask defenses (CAS, EWAS, CIFS) train with the label's mask, so train_acc sees the label; the aux
+        # heads' accuracy is what decides the mask at test time, and is recorded as train_aux_acc.
+        aux_correct = torch.zeros((), device=self.device)
+        has_aux = False
         seen = 0
         start = time.perf_counter()
         bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.progress,
@@ -196,6 +201,10 @@ class Trainer:
                 self.optimizer.step()
             loss_sum += loss.detach() * y.shape[0]
             correct += (logits.detach().argmax(1) == y).sum()
+            heads = aux_logits(model)
+            if heads:
+                has_aux = True
+                aux_correct += torch.stack([(h.detach().argmax(1) == y).sum() for h in heads]).float().mean()
             seen += y.shape[0]
             if self.progress and (i % 10 == 9 or i == n_batches - 1):  # one host sync every 10 steps
                 elapsed = time.perf_counter() - start
@@ -208,9 +217,11 @@ class Trainer:
         elapsed = time.perf_counter() - start
         if not math.isfinite(loss_sum.item()):
             raise RobustactError(f"training diverged in epoch {epoch + 1} (loss is {loss_sum.item()}); lower the lr")
-        return {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / max(seen, 1),
-                "train_acc": correct.item() / max(seen, 1), "epoch_seconds": elapsed,
-                "train_images_per_s": seen / elapsed}
+        record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / max(seen, 1),
+                  "train_acc": correct.item() / max(seen, 1)}
+        if has_aux:
+            record["train_aux_acc"] = aux_correct.item() / max(seen, 1)
+        return record | {"epoch_seconds": elapsed, "train_images_per_s": seen / elapsed}
 
     def validate(self) -> dict:
         """Clean and PGD accuracy on the held-out split (model selection happens here, never on test)."""
