@@ -78,50 +78,36 @@ def fgsm_rs(model, x, y, ctx):
     return supervised_loss(model, logits, y), logits
 
 
-def trades_adversary(model: nn.Module, x: torch.Tensor, ctx: ObjectiveContext) -> torch.Tensor:
-    """TRADES' inner maximisation: PGD on KL(f(x) || f(x')) from x + 0.001·N(0, 1), model in eval mode."""
+def _kl_sum(logits_adv: torch.Tensor, logits_nat: torch.Tensor) -> torch.Tensor:
+    return F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits_nat.float(), 1), reduction="sum")
+
+
+def trades_adversary(model: nn.Module, x: torch.Tensor, ctx: ObjectiveContext, aux_weight: float = 0.0) -> torch.Tensor:
+    """TRADES' inner maximisation: PGD on KL(f(x) || f(x')) from x + 0.001·N(0, 1), model in the attack mode;
+    with `aux_weight`, plus that weight times the mean KL of the aux heads (CAS / EWAS code)."""
     with attack_mode(model, ctx.attack_model_mode), torch.enable_grad():
         with torch.no_grad():
-            p_nat = F.softmax(model(x).float(), dim=1)
+            logits_nat = model(x)
+            aux_nat = [a.detach() for a in aux_logits(model)]
         x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
         for _ in range(ctx.steps):
             x_adv.requires_grad_(True)
-            kl = F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), p_nat, reduction="sum")
-            (grad,) = torch.autograd.grad(kl, x_adv)
+            loss = _kl_sum(model(x_adv), logits_nat)
+            heads = aux_logits(model)
+            if heads and aux_weight:
+                loss = loss + aux_weight * torch.stack([_kl_sum(a, n) for a, n in zip(heads, aux_nat)]).mean()
+            (grad,) = torch.autograd.grad(loss, x_adv)
             x_adv = x_adv.detach() + ctx.alpha * grad.sign()
             x_adv = torch.min(torch.max(x_adv, x - ctx.eps), x + ctx.eps).clamp(0, 1)
     return x_adv.detach()
 
 
-def _kl_sum(logits_adv: torch.Tensor, logits_nat: torch.Tensor) -> torch.Tensor:
-    return F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits_nat.float(), 1), reduction="sum")
-
-
 def trades_adversary_two_heads(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                ctx: ObjectiveContext) -> torch.Tensor:
-    """TRADES' inner maximisation on both heads (CAS / EWAS code): KL_final + w·mean_s KL(aux_s), with the
-    defense's training-attack masks (predicted in eval mode for CAS, the label's for EWAS)."""
+    """`trades_adversary` on both heads with the defense's training-attack masks (predicted in eval mode for
+    CAS, the label's for EWAS) and its aux weight."""
     spec = defense_spec(model)
-    weight = spec.attack_aux_weight
-
-    def adversary(model_, x_, y_):
-        with attack_mode(model_, ctx.attack_model_mode), torch.enable_grad():
-            with torch.no_grad():
-                logits_nat = model_(x_)
-                aux_nat = [a.detach() for a in aux_logits(model_)]
-            x_adv = (x_ + 0.001 * torch.randn_like(x_)).clamp(0, 1)
-            for _ in range(ctx.steps):
-                x_adv.requires_grad_(True)
-                loss = _kl_sum(model_(x_adv), logits_nat)
-                heads = aux_logits(model_)
-                if heads and weight:
-                    loss = loss + weight * torch.stack([_kl_sum(a, n) for a, n in zip(heads, aux_nat)]).mean()
-                (grad,) = torch.autograd.grad(loss, x_adv)
-                x_adv = x_adv.detach() + ctx.alpha * grad.sign()
-                x_adv = torch.min(torch.max(x_adv, x_ - ctx.eps), x_ + ctx.eps).clamp(0, 1)
-        return x_adv.detach()
-
-    return spec.wrap_masks(adversary)(model, x, y)
+    return spec.wrap_masks(lambda m, x_, y_: trades_adversary(m, x_, ctx, spec.attack_aux_weight))(model, x, y)
 
 
 def trades(model, x, y, ctx):
