@@ -139,67 +139,21 @@ def sanity_for_reports(target: str, reports: list[str], which: str = "best", dat
     return run_sanity_checks(model.to(dev), x_u8.to(dev).float().div_(255), y.to(dev), results, seed=seed)
 
 
-def summary_table(rows: list[tuple[str, list[str]]]) -> str:
-    """A Markdown table from `robustact eval` JSON reports: one column per model (label, its report paths),
-    one row per attack (accuracy in %, the n it ran on), each report's worst case, and the per-example worst
-    case over all of a model's reports on the test images they share (0..min n - 1)."""
-    import json
-
-    table: list[tuple[str, dict]] = []
-    columns: list[str] = []
-    for label, paths in rows:
-        cells: dict = {}
-        worst: list | None = None
-        for path in paths:
-            data = json.loads(open(path).read())
-            stem = path.rsplit("/", 1)[-1].removesuffix(".json")
-            n = data["n"]
-            for name, acc in data["accuracy"].items():
-                key = name if name in ("clean",) else f"{stem}:{name}"
-                if name == "clean" and "clean" in cells and cells["clean"][1] >= n:
-                    continue
-                cells[key] = (100 * acc, n)
-                if key not in columns:
-                    columns.append(key)
-            flags = data["per_example"]["worst_case"]  # test images 0..n-1: a shorter report is a prefix
-            worst = flags if worst is None else [a & b for a, b in zip(worst, flags)]
-        if worst is not None and len(paths) > 1:
-            key = "worst over all reports"
-            cells[key] = (100 * sum(worst) / len(worst), len(worst))
-            if key not in columns:
-                columns.append(key)
-        table.append((label, cells))
-    out = ["| attack | " + " | ".join(label for label, _ in table) + " |",
-           "| --- | " + " | ".join("---:" for _ in table) + " |"]
-    for col in columns:
-        vals = [f"{c[col][0]:.1f} (n={c[col][1]})" if col in c else "–" for _, c in table]
-        out.append(f"| {col} | " + " | ".join(vals) + " |")
-    return "\n".join(out) + "\n"
-
-
 def _main(argv: list[str] | None = None) -> int:
-    """`python -m robustact.evaluation.protocols.cas sanity RUN REPORT.json [...] [--out FLAGS.json]`
-    `python -m robustact.evaluation.protocols.cas summary --row LABEL=R1.json,R2.json [...] [--out T.md]`."""
+    """`python -m robustact.evaluation.protocols.cas sanity RUN REPORT.json [...] [--out FLAGS.json]` (tables of
+    several reports: `robustact compare`)."""
     import argparse
     import json
 
     from robustact.utils import atomic_write_text
 
     p = argparse.ArgumentParser(prog="python -m robustact.evaluation.protocols.cas")
-    p.add_argument("command", choices=["sanity", "summary"])
+    p.add_argument("command", choices=["sanity"])
     p.add_argument("target", nargs="?")
     p.add_argument("reports", nargs="*")
-    p.add_argument("--row", action="append", default=[], help="LABEL=report.json,report.json (summary)")
     p.add_argument("--which", default="best")
     p.add_argument("--out")
     args = p.parse_args(argv)
-    if args.command == "summary":
-        rows = [(r.partition("=")[0], [x for x in r.partition("=")[2].split(",") if x]) for r in args.row]
-        text = summary_table(rows)
-        print(text, end="")
-        if args.out:
-            atomic_write_text(args.out, text)
-        return 0
     flags = sanity_for_reports(args.target, args.reports, which=args.which)
     for f in flags:
         print(f)
