@@ -157,3 +157,52 @@ def test_paper_protocol_on_a_baseline_with_only_and_cascade(small_checkpoint, tm
 ])
 def test_suite_flag_errors(small_checkpoint, flags, fragments):
     assert_one_line_error(run_cli("eval", str(small_checkpoint), "--n", "4", *flags), *fragments)
+
+
+@requires_cifar
+def test_an_interrupted_eval_resumes_from_its_journal(tmp_path, monkeypatch, capsys):
+    from robustact.attacks import registry
+    from robustact.cli import main
+
+    torch.manual_seed(0)  # this untrained model gets 6 of the first 64 test images right: 6 batches per attack
+    small_checkpoint = tmp_path / "seeded.safetensors"
+    save_weights(build_model("resnet_small"), small_checkpoint)
+
+    make_attack, calls, interrupt = registry.make_attack, [], [True]
+
+    class Counting:  # counts its batches; Ctrl-C during the third batch of pgd5 while `interrupt[0]`
+        def __init__(self, name, attack):
+            self.name, self.attack = name, attack
+
+        def __call__(self, model, x, y):
+            calls.append(self.name)
+            if interrupt[0] and calls.count("pgd5") == 3:
+                raise KeyboardInterrupt
+            return self.attack(model, x, y)
+
+        def __repr__(self):
+            return repr(self.attack)
+
+    monkeypatch.setattr(registry, "make_attack", lambda name, *a, **k: Counting(name, make_attack(name, *a, **k)))
+    common = ["eval", str(small_checkpoint), "--attacks", "fgsm,pgd5", "--n", "64", "--batch-size", "1",
+              "--sanity-n", "0", "--no-progress"]
+    out, reference = tmp_path / "r.json", tmp_path / "reference.json"
+    assert main([*common, "--out", str(out)]) == 130
+    assert "run again with the same command" in capsys.readouterr().err
+    saved = json.loads((tmp_path / "r.partial.json").read_text())["attacks"]
+    assert saved["fgsm"]["batches"] == saved["fgsm"]["total"] == 6
+    assert saved["pgd5"]["batches"] == 2 and saved["pgd5"]["total"] == 6
+    calls.clear()
+    interrupt[0] = False
+    assert main([*common, "--out", str(out)]) == 0
+    assert "resuming the evaluation" in capsys.readouterr().err
+    assert calls == ["pgd5"] * 4  # only what was left: fgsm done, pgd5's batches 3-6
+    assert not (tmp_path / "r.partial.json").exists()
+    assert main([*common, "--out", str(reference)]) == 0
+    resumed, fresh = json.loads(out.read_text()), json.loads(reference.read_text())
+    assert resumed["per_example"] == fresh["per_example"]
+    cheap = ["eval", str(small_checkpoint), "--attacks", "fgsm", "--n", "8", "--sanity-n", "0", "--out", str(out)]
+    assert main(cheap) == 0  # no journal left behind: a new evaluation may reuse the path
+    (tmp_path / "r.partial.json").write_text(json.dumps({"settings": {"eps": 1}, "attacks": {}}))
+    assert_one_line_error(run_cli(*cheap), "other settings", "--restart")
+    assert main([*cheap, "--restart"]) == 0

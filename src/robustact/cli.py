@@ -44,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             target=str(out), attacks=None, suite=None, suite_opt=None, only=None, protocol=None, cascade=None,
             n=None, eps=None, out=None, which="best", arch=None,
             batch_size=None, data_dir=args.data_dir, device=args.device, no_progress=args.no_progress,
-            seed=0, num_classes=None, download=args.download, sanity_n=200))
+            seed=0, num_classes=None, download=args.download, sanity_n=200, restart=False))
     return 0
 
 
@@ -58,6 +58,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from robustact.config import parse_number
     from robustact.errors import RobustactError
     from robustact.evaluation import evaluate
+    from robustact.evaluation.journal import EvalJournal, file_digest, journal_path
     from robustact.evaluation.report import format_table, write_reports
     from robustact.evaluation.sanity import run_sanity_checks
     from robustact.evaluation.suites import build_suite, parse_options
@@ -89,24 +90,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
     x_u8, y = prepare_test_data(config["data"], n, args.data_dir)
     model = model.to(device)
     x = x_u8.to(device).float().div_(255)
-    result = evaluate(model, x, y.to(device), attacks, eps=eps, batch_size=args.batch_size or ev.get("batch_size", 250),
-                      progress=not args.no_progress, seed=args.seed, only_robust=cascade)
+    batch_size = args.batch_size or ev.get("batch_size", 250)
+    stem = f"{args.suite}-{args.protocol}" if args.protocol else (args.suite or "eval")
+    out = Path(args.out) if args.out else (weights.parent.parent / "eval" / f"{stem}.json"
+                                            if weights.parent.name == "checkpoints" else None)
+    classes = config["data"].get("classes")
+    images = f"first {n} test images" + (f" of classes {classes}" if classes else "")
+    journal = None
+    if out is not None:
+        settings = {"checkpoint_sha256": file_digest(weights), "dataset": config["data"]["dataset"],
+                    "images": images, "suite": args.suite, "protocol": args.protocol,
+                    "suite_options": args.suite_opt or [], "attacks": {k: repr(a) for k, a in attacks.items()},
+                    "cascade": cascade, "eps": eps, "seed": args.seed, "batch_size": batch_size}
+        journal = EvalJournal(journal_path(out), settings, restart=args.restart)
+        if journal.resumed:
+            print(f"resuming the evaluation in {journal.path}: {journal.describe()}", file=sys.stderr)
+    result = evaluate(model, x, y.to(device), attacks, eps=eps, batch_size=batch_size,
+                      progress=not args.no_progress, seed=args.seed, only_robust=cascade, journal=journal)
     if args.sanity_n:
         m = min(args.sanity_n, n)
         subset = {name: r[:m] for name, r in result.robust.items()}
         flags = run_sanity_checks(model, x[:m], y[:m].to(device), subset, eps=eps, seed=args.seed)
         result.sanity = [asdict(f) | {"n": m} for f in flags]
     print(format_table(result, title=f"{weights}  ({config['data']['dataset']} test images 0-{n - 1})"))
-    stem = f"{args.suite}-{args.protocol}" if args.protocol else (args.suite or "eval")
-    out = Path(args.out) if args.out else (weights.parent.parent / "eval" / f"{stem}.json"
-                                            if weights.parent.name == "checkpoints" else None)
     if out is not None:
-        classes = config["data"].get("classes")
-        meta = {"checkpoint": str(weights), "dataset": config["data"]["dataset"],
-                "images": f"first {n} test images" + (f" of classes {classes}" if classes else ""),
-                "device": str(device),
-                "torch": torch.__version__}
+        meta = {"checkpoint": str(weights), "dataset": config["data"]["dataset"], "images": images,
+                "device": str(device), "torch": torch.__version__}
         write_reports(result, out, meta, title=f"Evaluation of {weights}")
+        journal.remove()
         print(f"report: {out} (+ {out.with_suffix('.md').name})")
     return 0
 
@@ -219,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "worst case, less time; their own figures become cumulative")
     p.add_argument("--n", type=int, help="first N test images (default: the run config's, 1000)")
     p.add_argument("--eps", help="Linf radius in pixel units, e.g. 8/255")
-    p.add_argument("--out", help="JSON report path (default: RUN/eval/eval.json)")
+    p.add_argument("--out", help="JSON report path (default: RUN/eval/SUITE.json); an interrupted evaluation "
+                                 "resumes from OUT's journal, NAME.partial.json, when run again")
+    p.add_argument("--restart", action="store_true", help="discard the journal of an interrupted evaluation")
     p.add_argument("--which", default="best", choices=["best", "last"],
                    help="run checkpoint: best on validation (default) or last")
     p.add_argument("--arch", help="architecture of a checkpoint without robustact metadata")
@@ -280,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"robustact: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("robustact: interrupted; a training run continues with `robustact train --resume RUN`",
+        print("robustact: interrupted; a training run continues with `robustact train --resume RUN`, an "
+              "evaluation when run again with the same command",
               file=sys.stderr)
         return 130
     except BrokenPipeError:  # `robustact presets | head`
