@@ -166,3 +166,27 @@ def test_gates_analysis_writes_figure_and_csv(tmp_path):
     with pytest.raises(Exception, match="no Sparta activations"):
         save_weights(build_model("resnet_small", width=4), tmp_path / "relu.safetensors")
         run_analysis("gates", [tmp_path / "relu.safetensors"], AnalysisOptions(out=tmp_path / "out", n=8))
+
+
+def test_activation_weight_decay_spares_only_the_activation_parameters():
+    """With zero gradients an SGD step is pure weight decay: the Sparta/PSSiLU group (decay 0) must not move
+    while every other parameter shrinks by lr·wd."""
+    from robustact.training.trainer import parameter_groups
+
+    torch.manual_seed(0)
+    model = build_model("resnet_small", activation="sparta")
+    groups = parameter_groups(model, 0.0)
+    act = {id(p) for _, m in learnable_activations(model) for p in m.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == act and len(groups[0]["params"]) + len(act) == len(
+        list(model.parameters()))
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    opt = torch.optim.SGD(groups, lr=0.1, weight_decay=5e-4)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for p in model.parameters():
+        expected = before[id(p)] if id(p) in act else before[id(p)] * (1 - 0.1 * 5e-4)
+        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-7)
+    assert len(parameter_groups(model)) == 1
+    with pytest.raises(ConfigError, match="no learnable activation"):
+        parameter_groups(build_model("resnet_small"), 0.0)

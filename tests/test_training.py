@@ -111,3 +111,18 @@ def test_label_mask_defense_records_the_aux_heads_accuracy(tmp_path, straight_ru
     assert 0.0 <= record["train_aux_acc"] <= 1.0 and record["train_aux_acc"] < record["train_acc"]
     plain = json.loads((straight_run / "metrics.jsonl").read_text().splitlines()[0])
     assert "train_aux_acc" not in plain
+
+
+def test_activation_weight_decay_reaches_the_optimizer_and_survives_resume(tmp_path):
+    out = tmp_path / "sparta"
+    config = tiny_config("training.epochs=2", "model.activation=sparta_b1",
+                         "training.optimizer.activation_weight_decay=0")
+    trainer = StopAfter(config, out, progress=False)
+    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [5e-4, 0.0]
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    resumed = Trainer.resume(out, progress=False)
+    assert [g["weight_decay"] for g in resumed.optimizer.param_groups] == [5e-4, 0.0]
+    resumed.fit()
+    with pytest.raises(RobustactError, match="no learnable activation"):
+        Trainer(tiny_config("training.optimizer.activation_weight_decay=0"), tmp_path / "relu", progress=False)

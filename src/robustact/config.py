@@ -44,7 +44,9 @@ DEFAULTS: dict[str, Any] = {
     "training": {
         "objective": "pgd_at",
         "epochs": 100,
-        "optimizer": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False},
+        # activation_weight_decay: None = weight_decay; a number = that decay for learnable activations only
+        "optimizer": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False,
+                      "activation_weight_decay": None},
         "schedule": {"name": "multistep", "milestones": [75, 90], "gamma": 0.1, "warmup_epochs": 0},
         "attack": {"eps": "8/255", "alpha": "2/255", "steps": 10, "random_start": True, "model_mode": "eval"},
         "trades_beta": 6.0,

@@ -20,6 +20,7 @@ from robustact.defenses.base import aux_logits
 from robustact.errors import ConfigError, RobustactError
 from robustact.evaluation.engine import accuracy_under
 from robustact.models import build_model
+from robustact.models.activations import learnable_activations
 from robustact.training.checkpoint import (
     load_checkpoint_state,
     load_weights_into,
@@ -75,6 +76,21 @@ def autocast_context(amp: str, device: torch.device):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
+def parameter_groups(model: nn.Module, activation_weight_decay=None) -> list[dict]:
+    """One group of every parameter, or — with `activation_weight_decay` set — the learnable activations'
+    parameters (Sparta gates, PSSiLU) in a group of their own with that weight decay: with momentum 0.9 the
+    default 5e-4 shrinks a Sparta centre tap by ~20% in a short one-cycle run and pins its spatial taps at 0."""
+    if activation_weight_decay is None:
+        return [{"params": list(model.parameters())}]
+    act = {id(p) for _, m in learnable_activations(model) for p in m.parameters()}
+    if not act:
+        raise ConfigError("training.optimizer.activation_weight_decay is set but the model has no learnable "
+                          "activation (model.activation: sparta*, pssilu)")
+    return [{"params": [p for p in model.parameters() if id(p) not in act]},
+            {"params": [p for p in model.parameters() if id(p) in act],
+             "weight_decay": float(parse_number(activation_weight_decay))}]
+
+
 class Trainer:
     """Trains one run directory. `Trainer(config, out).fit()`; `Trainer.resume(out).fit()` continues it."""
 
@@ -112,8 +128,9 @@ class Trainer:
         opt = training["optimizer"]
         self.base_lr = float(parse_number(opt.get("lr", 0.1)))
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=self.base_lr, momentum=float(opt.get("momentum", 0.9)),
-            weight_decay=float(parse_number(opt.get("weight_decay", 5e-4))), nesterov=bool(opt.get("nesterov", False)),
+            parameter_groups(self.model, opt.get("activation_weight_decay")), lr=self.base_lr,
+            momentum=float(opt.get("momentum", 0.9)), weight_decay=float(parse_number(opt.get("weight_decay", 5e-4))),
+            nesterov=bool(opt.get("nesterov", False)),
         )
         self.amp = training.get("amp", "none")
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" and self.device.type == "cuda" else None
