@@ -206,3 +206,13 @@ def test_an_interrupted_eval_resumes_from_its_journal(tmp_path, monkeypatch, cap
     (tmp_path / "r.partial.json").write_text(json.dumps({"settings": {"eps": 1}, "attacks": {}}))
     assert_one_line_error(run_cli(*cheap), "other settings", "--restart")
     assert main([*cheap, "--restart"]) == 0
+
+
+def test_bench_with_activations():
+    proc = run_cli("bench", "--archs", "resnet_small", "--activations", "relu,sparta", "--steps", "1",
+                   "--batch-size", "4", "--pgd-steps", "1", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("resnet_small/")]
+    assert [r[0] for r in rows] == ["resnet_small/relu", "resnet_small/sparta"]
+    assert all(float(v) > 0 for r in rows for v in r[1:4])
+    assert_one_line_error(run_cli("bench", "--activations", "relu,swish2"), "unknown activation 'swish2'", "sparta")

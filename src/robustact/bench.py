@@ -7,7 +7,8 @@ import time
 import torch
 
 from robustact.attacks import PGD
-from robustact.models import build_model
+from robustact.errors import ConfigError
+from robustact.models import build_model, list_activations
 from robustact.training.objectives import ObjectiveContext, get_objective
 from robustact.training.trainer import autocast_context
 from robustact.utils import get_device
@@ -32,9 +33,9 @@ def time_it(fn, device: torch.device, steps: int, warmup: int = 1) -> float:
 
 def bench_arch(arch: str, batch_size: int, steps: int, device: torch.device, pgd_steps: int = 10,
                amp: str = "none", channels_last: bool = False, compile: bool = False,
-               image_size: int = 32, num_classes: int = 10) -> dict[str, float]:
+               image_size: int = 32, num_classes: int = 10, activation: str = "relu") -> dict[str, float]:
     torch.manual_seed(0)
-    model = build_model(arch, num_classes=num_classes).to(device)
+    model = build_model(arch, num_classes=num_classes, activation=activation).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     fwd = torch.compile(model) if compile else model
@@ -67,18 +68,29 @@ def bench_arch(arch: str, batch_size: int, steps: int, device: torch.device, pgd
 
 
 def run_bench(archs: list[str], batch_size: int = 128, steps: int = 3, device: str | None = None,
-              pgd_steps: int = 10, amp: str = "none", channels_last: bool = False, compile: bool = False) -> dict:
+              pgd_steps: int = 10, amp: str = "none", channels_last: bool = False, compile: bool = False,
+              activations: list[str] | None = None) -> dict:
+    """Every arch with every activation (default ReLU); rows are named `arch` or `arch/activation`."""
+    activations = activations or ["relu"]
+    unknown = [a for a in activations if a not in list_activations()]
+    if unknown:
+        plain = ", ".join(a for a in list_activations() if not a.startswith("sparta_"))
+        raise ConfigError(f"unknown activation {unknown[0]!r}; known: {plain}, "
+                          "sparta[_shared][_k{1,3,5}][_b{1,2,4,8,16}]")
     dev = get_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {dev} ({name})  batch {batch_size}  amp={amp} channels_last={channels_last} compile={compile}")
     header = f"{'standard train':>16}{f'PGD-{pgd_steps} train':>16}{f'PGD-{pgd_steps} attack':>16}"
-    print(f"{'arch':<16}{header}   (images/s)")
+    width = max(16, *(len(a) + len(b) + 3 for a in archs for b in activations))
+    print(f"{'arch':<{width}}{header}   (images/s)")
     results = {}
     for arch in archs:
-        r = bench_arch(arch, batch_size, steps, dev, pgd_steps, amp, channels_last, compile)
-        results[arch] = r
-        vals = list(r.values())
-        print(f"{arch:<16}{vals[0]:>16.1f}{vals[1]:>16.1f}{vals[2]:>16.1f}", flush=True)
-        epoch_s = 50000 / r[f"pgd{pgd_steps}_train"]
-        print(f"{'':<16}→ a 50,000-image PGD-{pgd_steps} epoch ≈ {epoch_s:,.0f} s", flush=True)
+        for act in activations:
+            row = arch if activations == ["relu"] else f"{arch}/{act}"
+            r = bench_arch(arch, batch_size, steps, dev, pgd_steps, amp, channels_last, compile, activation=act)
+            results[row] = r
+            vals = list(r.values())
+            print(f"{row:<{width}}{vals[0]:>16.1f}{vals[1]:>16.1f}{vals[2]:>16.1f}", flush=True)
+            epoch_s = 50000 / r[f"pgd{pgd_steps}_train"]
+            print(f"{'':<{width}}→ a 50,000-image PGD-{pgd_steps} epoch ≈ {epoch_s:,.0f} s", flush=True)
     return results

@@ -198,7 +198,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from robustact.bench import run_bench
 
     run_bench(archs=args.archs.split(","), batch_size=args.batch_size, steps=args.steps, device=args.device,
-              pgd_steps=args.pgd_steps, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+              pgd_steps=args.pgd_steps, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+              activations=args.activations.split(","))
     return 0
 
 
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="training and attack throughput (images/s) on this device")
     p.add_argument("--archs", default="resnet_small,resnet18")
+    p.add_argument("--activations", default="relu", help="e.g. relu,silu,sparta: every arch with each")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=3, help="timed iterations per measurement")
     p.add_argument("--pgd-steps", type=int, default=10)
