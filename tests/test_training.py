@@ -126,3 +126,25 @@ def test_activation_weight_decay_reaches_the_optimizer_and_survives_resume(tmp_p
     resumed.fit()
     with pytest.raises(RobustactError, match="no learnable activation"):
         Trainer(tiny_config("training.optimizer.activation_weight_decay=0"), tmp_path / "relu", progress=False)
+
+
+def test_init_from_seeds_a_defended_model_from_a_plain_run(straight_run, tmp_path):
+    import shutil
+
+    src = load_file(straight_run / "checkpoints" / "best.safetensors")
+    out = tmp_path / "cas"
+    moved = tmp_path / "source"  # the init run is needed to start, not to resume
+    shutil.copytree(straight_run, moved)
+    trainer = StopAfter(tiny_config("training.epochs=2", "model.defense=cas", f"model.init_from={moved}"), out,
+                        progress=False)
+    own = trainer.model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in src.items())  # every plain tensor taken over
+    fresh = [k for k in own if k not in src]
+    assert fresh and all(".site." in k for k in fresh), fresh  # only the CAS sites' heads start fresh
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    shutil.rmtree(moved)
+    Trainer.resume(out, progress=False).fit()  # does not look for the init run again
+    with pytest.raises(CheckpointError, match="does not fit"):
+        Trainer(tiny_config("model.arch_kwargs={width: 16}", f"model.init_from={straight_run}"), tmp_path / "w",
+                progress=False)

@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
         "defense_kwargs": {},
         "activation": "relu",
         "normalize": None,         # [mean, std] inside the model, or None for raw [0, 1] input
+        "init_from": None,         # run/checkpoint whose weights the model starts from (fine-tuning, CIFS-AT)
         "activation_from": None,   # run/checkpoint whose learned activations (Sparta) are copied in (transfer)
         "activation_freeze": True,  # freeze the copied activations (requires_grad=False)
         "activation_mapping": "stage",  # stage (ResNet-18 -> 34: extra blocks reuse a stage's last) | exact

@@ -33,7 +33,7 @@ from torch import nn
 from robustact.defenses.base import DefenseSite, sites
 from robustact.defenses.registry import no_placement, register_defense
 from robustact.defenses.spec import DefenseSpec
-from robustact.errors import CheckpointError, ConfigError
+from robustact.errors import ConfigError
 
 PROBES = ("linear", "nonlinear")
 ARCHS = ("resnet18", "resnet34", "resnet_small", "wideresnet", "wrn34_10", "wrn28_10")
@@ -171,26 +171,11 @@ class relevance_gradients:
 
 # -- placement ---------------------------------------------------------------------------------------
 def _load_init(model: nn.Module, path: str) -> None:
-    """`init_from`: start from another run's weights (the official CIFS-AT started from a clean-trained CIFS
-    network). A run directory gives its last checkpoint. Every backbone key must fit; probe keys are loaded
-    when the source has them (a CIFS run) and keep their fresh initialisation otherwise (a plain run)."""
-    from robustact.runs import resolve_checkpoint
-    from robustact.training.checkpoint import read_weights
+    """`init_from` as a defense option (kept for configs that use it; `model.init_from` is the trainer-level
+    form, for any defense): a run directory gives its last checkpoint; probe keys are optional."""
+    from robustact.training.checkpoint import init_weights_from
 
-    weights, _ = resolve_checkpoint(path, "last")
-    tensors, _ = read_weights(weights)
-    own = model.state_dict()
-    probe_keys = {k for k in own if ".probe." in k}
-    missing = [k for k in own if k not in tensors and k not in probe_keys]
-    unexpected = [k for k in tensors if k not in own]
-    shape = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
-    if missing or unexpected or shape:
-        bad = (missing or unexpected or shape)[0]
-        raise CheckpointError(
-            f"init_from {weights} does not fit this CIFS model ({len(missing)} missing, {len(unexpected)} "
-            f"unexpected, {len(shape)} of other shape keys, e.g. {bad}); use a run of the same arch"
-        )
-    model.load_state_dict(tensors, strict=False)
+    init_weights_from(model, path, optional=lambda key: ".probe." in key, which="last")
 
 
 def _probe_kinds(probes: Any, n: int) -> list[str]:

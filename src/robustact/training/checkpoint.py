@@ -9,6 +9,7 @@ A checkpoint `<dir>/<tag>` is three files written atomically, the JSON last (it 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,29 @@ def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source
             f"{source} does not fit a '{arch}' model with this defense/num_classes: {'; '.join(parts)} keys"
         )
     target.load_state_dict(tensors, strict=True)
+
+
+def init_weights_from(model: nn.Module, source: str | Path, optional: Callable[[str], bool],
+                      which: str = "best") -> tuple[int, int]:
+    """Start `model` from another run's (or checkpoint's) weights — fine-tuning, or the official CIFS-AT,
+    which started from a clean-trained network. Every key of `model` must be in the source with its shape,
+    except the `optional` ones (a defense's or a learned activation's own modules), which are loaded when
+    the source has them and keep their fresh initialisation otherwise; source keys `model` lacks are ignored.
+    Returns (tensors loaded, optional tensors kept fresh)."""
+    from robustact.runs import resolve_checkpoint
+
+    weights, _ = resolve_checkpoint(source, which)
+    tensors, _ = read_weights(weights)
+    own = getattr(model, "_orig_mod", model).state_dict()
+    missing = [k for k in own if k not in tensors and not optional(k)]
+    shape = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
+    if missing or shape:
+        bad = (missing or shape)[0]
+        raise CheckpointError(f"init_from {weights} does not fit this model ({len(missing)} missing, {len(shape)} "
+                              f"of other shape keys, e.g. {bad}); use a run of the same arch and num_classes")
+    loaded = {k: v for k, v in tensors.items() if k in own}
+    getattr(model, "_orig_mod", model).load_state_dict(loaded, strict=False)
+    return len(loaded), len(own) - len(loaded)
 
 
 def save_checkpoint(directory: Path, tag: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,

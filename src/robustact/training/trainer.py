@@ -22,6 +22,7 @@ from robustact.evaluation.engine import accuracy_under
 from robustact.models import build_model
 from robustact.models.activations import learnable_activations
 from robustact.training.checkpoint import (
+    init_weights_from,
     load_checkpoint_state,
     load_weights_into,
     restore_optimizer,
@@ -115,6 +116,8 @@ class Trainer:
 
         # the model first: a bad arch or defense fails before any data is read
         self.model = build_model_from_config(config, num_classes_of(config["data"])).to(self.device)
+        if config["model"].get("init_from") and not (_resuming and (self.ckpt_dir / "last.json").exists()):
+            self.init_from(config["model"]["init_from"], num_classes_of(config["data"]))
         if config["model"].get("activation_from"):  # frozen transfer of learned activations (Sparta)
             from robustact.defenses.transfer import transfer_activations
 
@@ -144,6 +147,17 @@ class Trainer:
         self.best = {"metric": -math.inf, "epoch": None}
 
     # ---------------------------------------------------------------- resume
+    def init_from(self, source: str, num_classes: int) -> None:
+        """`model.init_from`: start from a run's best (else last) weights. The keys a defense or a learned
+        activation adds to the plain network are optional, so a plain (e.g. clean-trained) run can seed a
+        CAS/CIFS/EWAS/Sparta model; the plain network's keys must all fit."""
+        m = self.config["model"]
+        with torch.random.fork_rng(devices=[]):  # the plain network's key set, without consuming the RNG
+            plain = set(build_model(m["arch"], num_classes=m.get("num_classes") or num_classes,
+                                    **(m.get("arch_kwargs") or {})).state_dict())
+        loaded, fresh = init_weights_from(self.model, source, optional=lambda key: key not in plain)
+        print(f"init_from {source}: {loaded} tensors loaded, {fresh} of the defense/activation kept fresh")
+
     @classmethod
     def resume(cls, out_dir: str | Path, data_root: str | None = None, progress: bool = True) -> Trainer:
         import yaml
