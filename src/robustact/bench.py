@@ -7,8 +7,8 @@ import time
 import torch
 
 from robustact.attacks import PGD
-from robustact.errors import ConfigError
-from robustact.models import build_model, list_activations
+from robustact.models import build_model
+from robustact.models.layers import check_activation
 from robustact.training.objectives import ObjectiveContext, get_objective
 from robustact.training.trainer import autocast_context
 from robustact.utils import get_device
@@ -72,11 +72,7 @@ def run_bench(archs: list[str], batch_size: int = 128, steps: int = 3, device: s
               activations: list[str] | None = None) -> dict:
     """Every arch with every activation (default ReLU); rows are named `arch` or `arch/activation`."""
     activations = activations or ["relu"]
-    unknown = [a for a in activations if a not in list_activations()]
-    if unknown:
-        plain = ", ".join(a for a in list_activations() if not a.startswith("sparta_"))
-        raise ConfigError(f"unknown activation {unknown[0]!r}; known: {plain}, "
-                          "sparta[_shared][_k{1,3,5}][_b{1,2,4,8,16}]")
+    activations = [check_activation(a) for a in activations]  # before the header: a typo is one line
     dev = get_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {dev} ({name})  batch {batch_size}  amp={amp} channels_last={channels_last} compile={compile}")

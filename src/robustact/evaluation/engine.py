@@ -130,13 +130,13 @@ def _run_attack(model, x, y, attack, name, pool, batch_size, progress, journal):
         b = idx[i:i + batch_size]
         x_adv = attack(model, x[b], y[b])
         robust[b] = predict(model, x_adv, batch_size) == y[b]
-        if journal is not None:  # reading `robust` back syncs the device anyway
-            _sync(x.device)
+        if journal is not None:  # kept by reference; copied to the host only when the journal writes
             journal.record(name, k + 1, len(starts), robust, seconds + time.perf_counter() - t0)
     _sync(x.device)
     seconds += time.perf_counter() - t0
-    if journal is not None and done >= len(starts):
-        journal.record(name, len(starts), len(starts), robust, seconds)  # no batches, or all done before
+    if journal is not None:
+        journal.record(name, len(starts), len(starts), robust, seconds)
+        journal.flush()  # an attack's end is always on disk, with its synced time
     return robust, seconds
 
 

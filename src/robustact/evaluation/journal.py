@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ class EvalJournal:
         self.min_interval = min_interval
         self.state: dict = {"settings": self.settings, "clean": None, "attacks": {}}
         self._dirty = False
-        self._last_write = 0.0
+        self._last_write = -math.inf  # never written: the first record writes
         if self.path.exists() and not restart:
             self._load()
 
@@ -88,21 +89,29 @@ class EvalJournal:
         a = self.state["attacks"].get(name)
         if a is None:
             return 0, None, 0.0
-        return int(a["batches"]), torch.tensor(a["robust"], dtype=torch.bool), float(a["seconds"])
+        return int(a["batches"]), torch.tensor(_as_list(a["robust"]), dtype=torch.bool), float(a["seconds"])
 
     def record(self, name: str, batches: int, total: int, robust: torch.Tensor, seconds: float) -> None:
-        self.state["attacks"][name] = {"batches": batches, "total": total, "robust": robust.int().tolist(),
-                                       "seconds": seconds}
+        """`robust` is kept by reference (the engine only writes rows of later batches into it) and read back
+        when the journal is written — at most every `min_interval` seconds, so a fast device is not synced
+        after every batch."""
+        self.state["attacks"][name] = {"batches": batches, "total": total, "robust": robust, "seconds": seconds}
         self._dirty = True
-        if batches == total or time.monotonic() - self._last_write >= self.min_interval:
+        if time.monotonic() - self._last_write >= self.min_interval:
             self.flush()
 
     def flush(self) -> None:
         if self._dirty:
-            atomic_write_text(self.path, json.dumps(self.state))
+            state = self.state | {"attacks": {name: a | {"robust": _as_list(a["robust"])}
+                                              for name, a in self.state["attacks"].items()}}
+            atomic_write_text(self.path, json.dumps(state))
             self._dirty = False
             self._last_write = time.monotonic()
 
     def remove(self) -> None:
         """The evaluation finished and its report is written: the journal has done its job."""
         self.path.unlink(missing_ok=True)
+
+
+def _as_list(robust: torch.Tensor | list) -> list[int]:
+    return robust.int().tolist() if isinstance(robust, torch.Tensor) else robust

@@ -40,7 +40,11 @@ def check_activation(name: str) -> str:
     """The canonical (lower-case) name, or ConfigError naming the known ones."""
     key = name.lower() if isinstance(name, str) else None
     if key not in _ACTIVATIONS:
-        raise ConfigError(f"unknown activation {name!r}; known: {', '.join(list_activations())}")
+        names = list_activations()
+        base = [n for n in names if "_" not in n]  # variants (sparta_shared_k5_b4, ...) would drown the line
+        extra = len(names) - len(base)
+        variants = f", and {extra} variants like {max(names, key=len)}" if extra else ""
+        raise ConfigError(f"unknown activation {name!r}; known: {', '.join(base)}{variants}")
     return key
 
 

@@ -76,9 +76,8 @@ def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source
     """Strict load with one clear line when the checkpoint belongs to another architecture or defense."""
     target = getattr(model, "_orig_mod", model)
     own = target.state_dict()
-    missing = [k for k in own if k not in tensors]
+    missing, shape = _misfits(own, tensors)
     unexpected = [k for k in tensors if k not in own]
-    shape = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
     if missing or unexpected or shape:
         arch = getattr(target, "arch", type(target).__name__)
         parts = []
@@ -106,16 +105,24 @@ def init_weights_from(model: nn.Module, source: str | Path, optional: Callable[[
 
     weights, _ = resolve_checkpoint(source, which)
     tensors, _ = read_weights(weights)
-    own = getattr(model, "_orig_mod", model).state_dict()
-    missing = [k for k in own if k not in tensors and not optional(k)]
-    shape = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
+    target = getattr(model, "_orig_mod", model)
+    own = target.state_dict()
+    missing, shape = _misfits(own, tensors)
+    missing = [k for k in missing if not optional(k)]
     if missing or shape:
         bad = (missing or shape)[0]
         raise CheckpointError(f"init_from {weights} does not fit this model ({len(missing)} missing, {len(shape)} "
                               f"of other shape keys, e.g. {bad}); use a run of the same arch and num_classes")
     loaded = {k: v for k, v in tensors.items() if k in own}
-    getattr(model, "_orig_mod", model).load_state_dict(loaded, strict=False)
+    target.load_state_dict(loaded, strict=False)
     return len(loaded), len(own) - len(loaded)
+
+
+def _misfits(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """(keys of `own` the source lacks, keys both have with different shapes)."""
+    missing = [k for k in own if k not in tensors]
+    shape = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
+    return missing, shape
 
 
 def save_checkpoint(directory: Path, tag: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,

@@ -115,9 +115,10 @@ class Trainer:
         self.ctx = objective_context(training)
 
         # the model first: a bad arch or defense fails before any data is read
-        self.model = build_model_from_config(config, num_classes_of(config["data"])).to(self.device)
+        num_classes = num_classes_of(config["data"])
+        self.model = build_model_from_config(config, num_classes).to(self.device)
         if config["model"].get("init_from") and not (_resuming and (self.ckpt_dir / "last.json").exists()):
-            self.init_from(config["model"]["init_from"], num_classes_of(config["data"]))
+            self.init_from(config["model"]["init_from"], num_classes)
         if config["model"].get("activation_from"):  # frozen transfer of learned activations (Sparta)
             from robustact.defenses.transfer import transfer_activations
 
