@@ -1,7 +1,8 @@
 """A journal of an evaluation in progress, so an interrupted evaluation (a 40-minute AutoAttack on a CPU, a
 long adaptive suite) resumes where it stopped instead of starting over.
 
-The journal is a JSON file written atomically after attack batches: for each attack, how many batches are done,
+The journal is a JSON file written atomically after attack batches (at most every `min_interval` seconds, at
+each attack's end, and on the way out of an interrupted evaluation): for each attack, how many batches are done,
 the per-example outcomes so far and the seconds spent. Seeded attacks (the default) draw from a fresh generator
 on every call and the batches an attack sees depend only on the clean predictions and the attacks before it, so
 a resumed evaluation gives the result an uninterrupted one would have given. A journal made with other settings
