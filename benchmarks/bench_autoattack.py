@@ -19,25 +19,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-def small_cnn(num_classes: int = 10) -> nn.Module:
-    """Three conv layers (~25k parameters), the network of tests/test_peer_agreement.py."""
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-        nn.Linear(256, num_classes),
-    )
+from robustact import build_model
+from robustact.bench import quick_pgd_at, small_cnn
 
 
 def build(arch: str) -> nn.Module:
     if arch == "small_cnn":
         return small_cnn()
-    from robustact.models import build_model
-
     return build_model(arch, num_classes=10)
 
 
@@ -50,28 +40,6 @@ def load_weights(model: nn.Module, path: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     model.load_state_dict(state)
-
-
-def pgd_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, eps: float, seed: int = 0) -> None:
-    """A short PGD-AT (3 steps of 3/255): enough for a model that is robust on part of the test set."""
-    from robustact.attacks import PGD
-
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    attack = PGD(eps, steps=3, alpha=eps * 3 / 8, seed=None)
-    order = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        perm = torch.randperm(len(y), generator=order).to(x.device)
-        for i in range(0, len(y), 128):
-            b = perm[i:i + 128]
-            x_adv = attack(model, x[b], y[b])
-            model.train()
-            loss = F.cross_entropy(model(x_adv), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        print(f"  PGD-AT epoch {epoch + 1}/{epochs}: last batch loss {loss.item():.3f}", flush=True)
-    model.eval()
 
 
 class _Times(logging.Handler):
@@ -123,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         x_tr, y_tr = load_dataset("cifar10", "train")
         print(f"training {args.arch} with PGD-AT for {args.train_epochs} epochs on {args.train_n} images ...")
         start = time.perf_counter()
-        pgd_at(model, (x_tr[:args.train_n].float() / 255).to(device), y_tr[:args.train_n].to(device),
-               args.train_epochs, eps)
+        torch.manual_seed(0)
+        quick_pgd_at(model, (x_tr[:args.train_n].float() / 255).to(device), y_tr[:args.train_n].to(device),
+                     args.train_epochs, eps, verbose=True)
         origin = f"PGD-AT {args.train_epochs} epochs on {args.train_n} images ({time.perf_counter() - start:.0f} s)"
     else:
         origin = "random weights"
@@ -141,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         start, cpu = time.perf_counter(), time.process_time()
         res = aa.run(model, x, y)
         sync(device)
-        rows["robustact"] = (time.perf_counter() - start, time.process_time() - cpu, res.clean_accuracy,
-                             res.robust_accuracy,
-                             {k: (res.robust[k].float().mean().item(), t) for k, t in res.times.items()})
+        acc = res.accuracy()
+        rows["robustact"] = (time.perf_counter() - start, time.process_time() - cpu, acc["clean"], acc["worst_case"],
+                             {k: (acc[k], t) for k, t in res.seconds.items()})
     if args.only != "robustact":
         import pyautoattack
 

@@ -11,25 +11,38 @@ from torch import nn
 from robustact import build_model
 from robustact.errors import ConfigError
 from robustact.models import list_activations, make_activation
-from robustact.models.activations import PSSiLU, Sparta, learnable_activations, sparta_name
+from robustact.models.activations import PSSiLU, activation_spec, canonical_activation, learnable_activations
+from robustact.models.sparta import Sparta
 
 ALL = ["relu", "silu", "softplus", "gelu", "elu", "pssilu", "sparta", "sparta_shared"]
 
 
 def test_names_registered_with_models_import():
     names = list_activations()
-    for name in ALL + ["sparta_k1", "sparta_k5", "sparta_b1", "sparta_shared_k5_b4"]:
+    for name in ALL + ["sparta_b1"]:  # the short names presets use are aliases of sparta with options
         assert name in names
-    assert sparta_name() == "sparta" and sparta_name(5, 4, True) == "sparta_shared_k5_b4"
-    assert sparta_name(1, 1.0) == "sparta_k1_b1"
-    with pytest.raises(ConfigError, match="no registered Sparta variant"):
-        sparta_name(7, 8)
+    assert activation_spec("sparta_b1") == ("sparta", {"beta0": 1.0})
+    assert canonical_activation({"name": "Sparta", "kernel_size": 5}) == {"name": "sparta", "kernel_size": 5}
+    assert canonical_activation("sparta_shared") == {"name": "sparta", "shared": True}
+    assert canonical_activation({"name": "relu"}) == "relu"
+    with pytest.raises(ConfigError, match="does not take size; it takes: kernel_size, beta0, shared"):
+        activation_spec({"name": "sparta", "size": 5})
+    with pytest.raises(ConfigError, match="kernel_size.*expected an integer"):
+        activation_spec({"name": "sparta", "kernel_size": 2.5})
+    with pytest.raises(ConfigError, match="needs a name"):
+        activation_spec({"kernel_size": 5})
+    with pytest.raises(ConfigError, match="odd"):
+        make_activation({"name": "sparta", "kernel_size": 4}, 3)
 
 
-@pytest.mark.parametrize("name,kind", [("sparta", (3, 8.0, False)), ("sparta_shared", (3, 8.0, True)),
-                                       ("sparta_k5_b2", (5, 2.0, False)), ("sparta_shared_k1_b16", (1, 16.0, True))])
-def test_variant_names_build_their_module(name, kind):
-    m = make_activation(name, 6)
+@pytest.mark.parametrize("spec,kind", [("sparta", (3, 8.0, False)), ("sparta_shared", (3, 8.0, True)),
+                                       ({"name": "sparta", "kernel_size": 5, "beta0": 2}, (5, 2.0, False)),
+                                       ({"name": "sparta", "kernel_size": 1, "beta0": 16, "shared": True},
+                                        (1, 16.0, True)),
+                                       ({"name": "sparta", "kernel_size": 7}, (7, 8.0, False)),
+                                       ({"name": "sparta_b1", "shared": True}, (3, 1.0, True))])
+def test_variant_specs_build_their_module(spec, kind):
+    m = make_activation(spec, 6)
     assert isinstance(m, Sparta) and (m.kernel_size, m.beta0, m.shared) == kind and m.channels == 6
 
 
@@ -131,10 +144,9 @@ def test_pssilu():
 
 
 def test_sparta_model_checkpoint_roundtrip(tmp_path):
-    from robustact.runs import load_model
-    from robustact.training.checkpoint import save_weights
+    from robustact.checkpoints import load_model, save_weights
 
-    model = build_model("resnet_small", activation="sparta_shared_k5")
+    model = build_model("resnet_small", activation={"name": "sparta", "shared": True, "kernel_size": 5})
     with torch.no_grad():
         for _, m in learnable_activations(model):
             m.weight.normal_()
@@ -150,7 +162,7 @@ def test_gates_analysis_writes_figure_and_csv(tmp_path):
     import csv
 
     from robustact.analysis import AnalysisOptions, run_analysis
-    from robustact.training.checkpoint import save_weights
+    from robustact.checkpoints import save_weights
 
     model = build_model("resnet_small", activation="sparta", width=4)
     with torch.no_grad():

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustact.attacks import APGD, APGDT, FAB, PGD, AutoAttack, AutoAttackResult, Square, dlr_targeted_loss
+from robustact.attacks import APGD, APGDT, FAB, PGD, AutoAttack, EvalResult, Square, dlr_targeted_loss
 from robustact.attacks.fab import hyperplane_projection
 from robustact.attacks.square import p_schedule
 from robustact.defenses import DefenseSite, aux_logits
@@ -276,22 +276,23 @@ def test_autoattack_deterministic_and_consistent():
         "apgd-ce": APGD(EPS, steps=10), "apgd-t": APGDT(EPS, steps=10, n_target_classes=2),
         "fab-t": FAB(EPS, steps=10, n_target_classes=2), "square": Square(EPS, n_queries=50)}, batch_size=7)
     res = aa.run(model, x, y)
-    assert isinstance(res, AutoAttackResult)
+    assert isinstance(res, EvalResult)  # the evaluation's one result type
+    assert res.cascaded == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert list(res.robust) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert not res.clean[:3].any()
     with torch.no_grad():
         correct = model(res.x_adv).argmax(1) == y
-    assert torch.equal(correct, res.worst_case)  # the returned points realise the worst case
-    assert res.robust_accuracy == correct.float().mean().item()
+    assert torch.equal(correct, res.worst)  # the returned points realise the worst case
+    assert res.accuracy()["worst_case"] == correct.float().mean().item()
     prev = res.clean
     for r in res.robust.values():  # cascade: robustness only ever shrinks
         assert not (r & ~prev).any()
         prev = r
     assert torch.equal(aa(model, x, y), res.x_adv)
-    assert set(res.times) == set(res.robust) and all(t >= 0 for t in res.times.values())
-    assert res.to_dict()["accuracy"]["worst_case"] == res.robust_accuracy
+    assert set(res.seconds) == set(res.robust) and all(t >= 0 for t in res.seconds.values())
+    assert res.to_json()["accuracy"]["worst_case"] == res.accuracy()["worst_case"]
     indep = AutoAttack(EPS, version="custom", attacks=dict(aa.attacks), cascade=False).run(model, x, y)
-    assert torch.equal(indep.worst_case, res.worst_case)
+    assert torch.equal(indep.worst, res.worst) and indep.cascaded == []
 
 
 def test_autoattack_versions_and_errors():

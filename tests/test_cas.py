@@ -184,13 +184,13 @@ def test_training_attack_runs_in_eval_mode_with_predicted_masks_on_the_joint_los
 
 
 def test_aux_only_train_attack_flag_zeroes_the_main_term():
-    from robustact.attacks import PGD
+    from robustact.training.objectives import training_attack
 
-    spec = defense_spec(_cas(defense_kwargs={"aux_only_train_attack": True}))
-    attack = PGD(8 / 255, steps=1)
-    spec.wrap_train_attack(attack)
+    model = _cas(defense_kwargs={"aux_only_train_attack": True})
+    attack = training_attack(model, ObjectiveContext(steps=1)).attack  # the PGD inside the mask-mode wrapper
     logits = torch.randn(3, 10)
     assert torch.all(attack.loss_fn(logits, torch.tensor([0, 1, 2])) == 0)
+    assert training_attack(_cas(), ObjectiveContext(steps=1)).attack.loss_name == "ce"  # built, not mutated
 
 
 def test_paper_suite_settings():
@@ -228,7 +228,8 @@ def test_adaptive_suite_contents():
 
 
 def test_mask_enumeration_fixes_each_class_mask_and_pulls_aux_toward_it():
-    from robustact.attacks.adaptive import EnumerateMasks, aux_loss
+    from robustact.attacks.aux import AuxTerm
+    from robustact.attacks.wrappers import EnumerateMasks
 
     model = _randomise(_cas(num_classes=4))
     calls = []
@@ -249,7 +250,7 @@ def test_mask_enumeration_fixes_each_class_mask_and_pulls_aux_toward_it():
     tried = torch.stack([c[0] for c in calls], 1)
     assert all(sorted(row.tolist()) == [0, 1, 2, 3] for row in tried)
     # the attack it is meant for: the aux term pulls toward k (negated CE to the target classes)
-    extra = aux_loss(1.0, targets=torch.tensor([1, 2, 3]))
+    extra = AuxTerm(1.0, toward=torch.tensor([1, 2, 3]))
     model(x)
     ref = -torch.stack([F.cross_entropy(a, torch.tensor([1, 2, 3]), reduction="none")
                         for a in aux_logits(model)]).mean(0)
@@ -287,7 +288,7 @@ def test_bad_input_errors():
         build_model("preact_resnet18", defense="cas")
     with pytest.raises(ConfigError, match="does not take"):
         build_model("resnet_small", defense="cas", defense_kwargs={"betta": 2})
-    from robustact.training.checkpoint import load_weights_into, state_dict_for_saving
+    from robustact.checkpoints.weights import load_weights_into, state_dict_for_saving
 
     with pytest.raises(CheckpointError, match="unexpected"):
         load_weights_into(build_model("resnet_small"), state_dict_for_saving(_cas()), "cas.safetensors")
@@ -302,7 +303,7 @@ def test_channel_analysis_writes_png_and_csv(tmp_path):
     import yaml
 
     from robustact.analysis import AnalysisOptions, run_analysis
-    from robustact.training.checkpoint import save_weights
+    from robustact.checkpoints import save_weights
 
     runs = []
     for name, defense in (("plain", None), ("cas", "cas")):

@@ -185,21 +185,33 @@ def test_pgd_at_step_and_state_restored():
 
 
 def test_init_from(tmp_path):
-    from robustact.training.checkpoint import save_weights
+    """CIFS-AT's official start from a clean-trained network is the trainer's `model.init_from` (any defense);
+    here its loader, with the keys the trainer treats as optional (those the plain network lacks)."""
+    from robustact.checkpoints import init_weights_from, save_weights
 
     src = build_model("resnet_small", defense="cifs", width=8)
     (tmp_path / "checkpoints").mkdir()
     save_weights(src, tmp_path / "checkpoints" / "last.safetensors")
-    dst = build_model("resnet_small", defense="cifs", width=8, init_from=str(tmp_path))
+    plain_keys = set(build_model("resnet_small", width=8).state_dict())
+
+    def optional(key):
+        return key not in plain_keys
+
+    dst = build_model("resnet_small", defense="cifs", width=8)
+    init_weights_from(dst, tmp_path, optional, which="last")
     for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
         assert torch.equal(a, b), k
     plain = build_model("resnet_small", width=8)
     save_weights(plain, tmp_path / "plain.safetensors")
-    dst2 = build_model("resnet_small", defense="cifs", width=8, init_from=str(tmp_path / "plain.safetensors"))
+    dst2 = build_model("resnet_small", defense="cifs", width=8)
+    init_weights_from(dst2, tmp_path / "plain.safetensors", optional)
     torch.testing.assert_close(dst2.conv1.weight, plain.conv1.weight)
     save_weights(build_model("resnet_small", width=16), tmp_path / "other.safetensors")
     with pytest.raises(CheckpointError, match="does not fit"):
-        build_model("resnet_small", defense="cifs", width=8, init_from=str(tmp_path / "other.safetensors"))
+        init_weights_from(build_model("resnet_small", defense="cifs", width=8), tmp_path / "other.safetensors",
+                          optional)
+    with pytest.raises(ConfigError, match="does not take init_from"):  # no longer a defense option
+        build_model("resnet_small", defense="cifs", width=8, init_from=str(tmp_path))
 
 
 def test_protocols_run_and_restore():
@@ -234,7 +246,7 @@ def test_relevance_analysis(tmp_path, monkeypatch):
     """The analysis end to end on two tiny runs with synthetic test data."""
     from robustact.analysis import AnalysisOptions, run_analysis
     from robustact.analysis import relevance as rel
-    from robustact.training.checkpoint import save_weights
+    from robustact.checkpoints import save_weights
 
     runs = []
     for name, defense in [("at", None), ("cifs", "cifs")]:
@@ -246,7 +258,7 @@ def test_relevance_analysis(tmp_path, monkeypatch):
         runs.append(run)
     fake_x = (torch.rand(20, 3, 32, 32) * 255).to(torch.uint8)
     fake_y = torch.arange(20) % 10
-    monkeypatch.setattr("robustact.training.data_setup.prepare_test_data", lambda cfg, n, root=None: (fake_x, fake_y))
+    monkeypatch.setattr("robustact.evaluation.runner.test_split", lambda *a, **k: (fake_x, fake_y))
     monkeypatch.setattr(rel, "_adversary", lambda model, eps, seed: (lambda m, x, y: (x + eps).clamp(0, 1)))
     written = run_analysis("relevance", runs, AnalysisOptions(out=tmp_path / "out", class_idx=3, n=20, which="last"))
     names = sorted(p.name for p in written)

@@ -12,7 +12,7 @@ import torch
 from conftest import autoattack_checkpoint, requires_cifar
 
 from robustact import build_model
-from robustact.training.checkpoint import save_weights
+from robustact.checkpoints import save_weights
 
 
 def run_cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
@@ -141,7 +141,7 @@ def test_paper_protocol_on_a_baseline_with_only_and_cascade(small_checkpoint, tm
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert list(report["attacks"]) == ["fgsm", "pgd20"]  # the suite's order, not the flag's
-    assert "step 0.003" in report["attacks"]["pgd20"] and report["cascaded"] == ["pgd20"]
+    assert "alpha=0.003" in report["attacks"]["pgd20"] and report["cascaded"] == ["pgd20"]  # the step, from repr
     assert "cascaded" in proc.stdout
 
 
@@ -163,6 +163,7 @@ def test_suite_flag_errors(small_checkpoint, flags, fragments):
 def test_an_interrupted_eval_resumes_from_its_journal(tmp_path, monkeypatch, capsys):
     from robustact.attacks import registry
     from robustact.cli import main
+    from robustact.evaluation import runner
 
     torch.manual_seed(0)  # this untrained model gets 6 of the first 64 test images right: 6 batches per attack
     small_checkpoint = tmp_path / "seeded.safetensors"
@@ -183,7 +184,7 @@ def test_an_interrupted_eval_resumes_from_its_journal(tmp_path, monkeypatch, cap
         def __repr__(self):
             return repr(self.attack)
 
-    monkeypatch.setattr(registry, "make_attack", lambda name, *a, **k: Counting(name, make_attack(name, *a, **k)))
+    monkeypatch.setattr(runner, "make_attack", lambda name, *a, **k: Counting(name, make_attack(name, *a, **k)))
     common = ["eval", str(small_checkpoint), "--attacks", "fgsm,pgd5", "--n", "64", "--batch-size", "1",
               "--sanity-n", "0", "--no-progress"]
     out, reference = tmp_path / "r.json", tmp_path / "reference.json"

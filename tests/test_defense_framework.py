@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from robustact import build_model
-from robustact.defenses import aux_logits, conditioned, mask_mode, sites
-from robustact.defenses.registry import list_defenses
+from robustact.defenses import aux_logits, conditioned, list_defenses, mask_mode, sites
 from robustact.defenses.spec import NO_DEFENSE, defense_spec
 from robustact.errors import ConfigError
 

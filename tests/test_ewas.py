@@ -92,8 +92,7 @@ def test_spatial_size_follows_the_network():
 
 
 def test_checkpoint_round_trip(tmp_path):
-    from robustact.runs import load_model
-    from robustact.training.checkpoint import save_weights
+    from robustact.checkpoints import load_model, save_weights
 
     model = _randomise(_ewas(num_classes=7))
     path = tmp_path / "ewas.safetensors"
@@ -197,23 +196,28 @@ def test_paper_suite_settings():
 
 
 def test_adaptive_suite_contents_and_surrogate_option(tmp_path):
+    from robustact.checkpoints import save_weights
     from robustact.evaluation.suites import build_suite
 
-    options = {"steps": "4", "aa": "apgd-ce", "square_queries": "10", "surrogate": str(tmp_path)}
+    surrogate = tmp_path / "plain.safetensors"  # the protocol loads it when the suite is built
+    save_weights(build_model("resnet_small", width=8), surrogate)
+    options = {"steps": "4", "aa": "apgd-ce", "square_queries": "10", "surrogate": str(surrogate)}
     suite = build_suite("adaptive", _ewas(), 8 / 255, options=options)
     assert list(suite) == ["pgd4-b1", "pgd4-b10", "pgd4-b100", "pgd4-auxonly", "bpda-softmask", "kmask",
                            "twostage", "square", "transfer", "aa"]
     assert suite["square"].n_queries == 10
     assert "transfer" not in build_suite("adaptive", _ewas(), 8 / 255, options={"surrogate": str(tmp_path / "x")})
+    assert "surrogate=" + str(surrogate) in repr(suite["transfer"])
 
 
 def test_two_stage_attack_flips_the_aux_head_first():
-    from robustact.attacks.adaptive import StagedPGD, aux_only_loss, joint_loss
+    from robustact.attacks.adaptive import StagedPGD
+    from robustact.attacks.aux import AuxTerm
+    from robustact.attacks.losses import zero_loss as aux_only_loss
 
     model = _randomise(_ewas())
     losses = []
-    attack = StagedPGD(8 / 255, stages=[(2, aux_only_loss, joint_loss(1.0, aux_only=True)),
-                                        (3, "ce", joint_loss(1.0))])
+    attack = StagedPGD(8 / 255, stages=[(2, "zero", AuxTerm(1.0)), (3, "ce", AuxTerm(1.0))])
     orig = attack.loss
 
     def spy(m, logits, y):
@@ -230,7 +234,7 @@ def test_two_stage_attack_flips_the_aux_head_first():
 
 def test_transfer_attack_crafts_on_the_surrogate():
     from robustact.attacks import PGD
-    from robustact.attacks.adaptive import Transfer
+    from robustact.attacks.wrappers import Transfer
 
     surrogate = build_model("resnet_small", width=8).eval()
     target = _ewas()

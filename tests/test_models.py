@@ -12,8 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from robustact import build_model
 from robustact.errors import ConfigError, RobustactError
-from robustact.models import build_model, layers, list_models, make_activation, register_activation
+from robustact.models import list_models, make_activation, register_activation
+from robustact.models.activations import ACTIVATIONS
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -228,7 +230,7 @@ class _Marker(nn.Module):
 def marker_activation():
     register_activation("test_marker")(_Marker)
     yield "test_marker"
-    layers._ACTIVATIONS.pop("test_marker")
+    ACTIVATIONS.unregister("test_marker")
 
 
 @pytest.mark.parametrize("arch", sorted(SMALL))

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustact.attacks import APGD, APGDT, FAB, PGD, AutoAttack, Square
+from robustact.bench import quick_pgd_at, small_cnn
 
 pyautoattack = pytest.importorskip("pyautoattack")
 torchattacks = pytest.importorskip("torchattacks")
@@ -40,15 +40,6 @@ def _data_root() -> Path | None:
 
 pytestmark = [pytest.mark.skipif(_data_root() is None, reason="set ROBUSTACT_DATA to a folder with CIFAR-10"),
               pytest.mark.usefixtures("one_thread")]
-
-
-def small_cnn() -> nn.Module:
-    """Three conv layers, ~25k parameters: trains with PGD-AT in about half a minute on one CPU core."""
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(256, 10),
-    )
 
 
 def load_cifar(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,21 +64,9 @@ def robust_net(tmp_path_factory) -> nn.Module:
     torch.manual_seed(0)
     model = small_cnn()
     x, y = load_cifar("train", N_TRAIN)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    attack = PGD(EPS, steps=3, alpha=3 / 255, seed=None)
-    order = torch.Generator().manual_seed(0)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        for _ in range(EPOCHS):
-            perm = torch.randperm(N_TRAIN, generator=order)
-            for i in range(0, N_TRAIN, 128):
-                b = perm[i:i + 128]
-                x_adv = attack(model, x[b], y[b])
-                model.train()
-                loss = F.cross_entropy(model(x_adv), y[b])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        quick_pgd_at(model, x, y, EPOCHS, EPS)
     torch.set_num_threads(threads)
     model.eval()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -120,7 +99,7 @@ def official(model: nn.Module, name: str, x: torch.Tensor, y: torch.Tensor, *, v
 
 def ours(model: nn.Module, attacks, x: torch.Tensor, y: torch.Tensor, version: str = "custom") -> torch.Tensor:
     kw = {"attacks": attacks} if version == "custom" else {}
-    return AutoAttack(EPS, version=version, batch_size=500, **kw).run(model, x, y).worst_case
+    return AutoAttack(EPS, version=version, batch_size=500, **kw).run(model, x, y).worst
 
 
 def assert_agree(mine: torch.Tensor, ref: torch.Tensor, what: str) -> None:
@@ -216,7 +195,7 @@ def test_full_autoattack_agrees_with_official(robust_net, test_images):
     finally:
         logger.removeHandler(log)
         logger.setLevel(level)
-    assert_agree(res.worst_case, correct(robust_net, x_adv, y), "AutoAttack standard")
+    assert_agree(res.worst, correct(robust_net, x_adv, y), "AutoAttack standard")
     for name, robust in res.robust.items():
         mine, theirs = robust.float().mean().item(), log.after[name]
         print(f"  after {name}: robustact {mine:.2%} vs official {theirs:.2%}")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustact.config import list_presets, load_preset
+from robustact.config import list_presets, load_preset, resolve
+from robustact.data import num_classes_of
 from robustact.models.activations import learnable_activations
-from robustact.training.data_setup import num_classes_of
 from robustact.training.objectives import get_objective
 from robustact.training.schedules import lr_at
 from robustact.training.trainer import build_model_from_config, parameter_groups
@@ -22,16 +22,16 @@ def test_there_are_presets_for_every_paper():
 
 @pytest.mark.parametrize("name", list_presets())
 def test_preset_builds(name):
-    config = load_preset(name)
-    assert config.get("description"), f"{name} has no description"
-    m, training = config["model"], config["training"]
+    config = resolve(load_preset(name))  # typed: every key known, every value checked
+    assert config.description, f"{name} has no description"
+    m, training = config.model, config.training
     torch.manual_seed(0)
-    model = build_model_from_config(config, num_classes_of(config["data"]))
-    assert model.classifier_layer().out_features == num_classes_of(config["data"])
-    assert (m.get("defense") is None) == (getattr(model, "defense_spec", None) is None)
-    if str(m.get("activation", "relu")).startswith(("sparta", "pssilu")):
+    model = build_model_from_config(config)
+    assert model.classifier_layer().out_features == num_classes_of(config.data.dataset, config.data.classes)
+    assert (m.defense is None) == (getattr(model, "defense_spec", None) is None)
+    if str(m.activation).startswith(("sparta", "pssilu", "{'name': 'sparta'")):
         assert learnable_activations(model)
-    get_objective(training["objective"])
-    groups = parameter_groups(model, training["optimizer"].get("activation_weight_decay"))
+    get_objective(training.objective)
+    groups = parameter_groups(model, training.optimizer.activation_weight_decay)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
-    assert lr_at(training["schedule"], 0.1, 0.0, int(training["epochs"])) >= 0
+    assert lr_at(training.schedule, 0.1, 0.0, training.epochs) >= 0

@@ -9,11 +9,10 @@ import torch
 from conftest import requires_cifar
 from safetensors.torch import load_file
 
+from robustact.checkpoints import load_model, load_weights_into
 from robustact.config import apply_overrides, load_preset
 from robustact.errors import CheckpointError, RobustactError
-from robustact.runs import load_model
 from robustact.training import Trainer
-from robustact.training.checkpoint import load_weights_into
 
 pytestmark = requires_cifar
 
@@ -85,7 +84,7 @@ def test_resume_ends_with_the_same_weights(straight_run, tmp_path):
 
 def test_checkpoint_roundtrip_and_wrong_architecture(straight_run):
     model, config, weights = load_model(straight_run, which="last")
-    assert weights.name == "last.safetensors" and config["model"]["arch"] == "resnet_small"
+    assert weights.name == "last.safetensors" and config.model.arch == "resnet_small"
     assert not model.training
     from robustact import build_model
 

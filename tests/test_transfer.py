@@ -7,10 +7,9 @@ import torch
 
 from robustact import build_model
 from robustact.config import DEFAULTS, apply_overrides, deep_merge
-from robustact.defenses import transfer_activations
-from robustact.defenses.transfer import frozen_parameter_names, map_sites, site_key
 from robustact.errors import ConfigError
 from robustact.models.activations import learnable_activations
+from robustact.models.sparta import frozen_parameter_names, map_sites, site_key, transfer_activations
 
 
 def _randomised(model):
@@ -114,7 +113,8 @@ def test_bad_transfers_fail_with_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="has no learnable activations"):
         transfer_activations(build_model("resnet_small", width=4), sparta)
     with pytest.raises(ConfigError, match="same Sparta variant"):
-        transfer_activations(sparta, build_model("resnet_small", activation="sparta_k5", width=4))
+        transfer_activations(sparta, build_model("resnet_small", activation={"name": "sparta", "kernel_size": 5},
+                                                 width=4))
     with pytest.raises(ConfigError, match="cannot transfer"):
         transfer_activations(sparta, build_model("resnet_small", activation="pssilu", width=4))
     with pytest.raises(ConfigError, match="exact activation mapping"):
@@ -122,8 +122,10 @@ def test_bad_transfers_fail_with_one_clear_error(tmp_path):
                              build_model("resnet34", activation="sparta", width=4), mapping="exact")
     with pytest.raises(ConfigError, match="mapping must be"):
         map_sites(["act"], ["act"], mapping="nearest")
+    from robustact.training import Trainer  # a source path is the trainer's to resolve
+
     with pytest.raises(ConfigError, match="activation_from=RUN"):
-        transfer_activations(tmp_path / "missing", sparta)
+        Trainer.transfer_activations_from(None, str(tmp_path / "missing"))
 
 
 def test_config_has_transfer_defaults():
@@ -136,14 +138,14 @@ def test_config_has_transfer_defaults():
 def test_trainer_hook_transfers_from_a_run_and_freezes(tmp_path, monkeypatch):
     """`--set model.activation_from=RUN`: the Trainer copies the source run's Sparta modules and freezes them."""
     import robustact.training.trainer as trainer_mod
-    from robustact.training.checkpoint import save_weights
-    from robustact.training.data_setup import RunData
+    from robustact.checkpoints import save_weights
+    from robustact.data import RunData
 
     src = _randomised(build_model("resnet_small", activation="sparta", width=4, num_classes=5))
     save_weights(src, tmp_path / "src.safetensors")
     x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     y = torch.arange(16) % 5
-    monkeypatch.setattr(trainer_mod, "prepare_training_data", lambda *a, **k: RunData(x, y, x[:0], y[:0], 5))
+    monkeypatch.setattr(trainer_mod, "training_split", lambda *a, **k: RunData(x, y, x[:0], y[:0], 5))
     cfg = deep_merge(DEFAULTS, {"device": "cpu", "data": {"classes": [5, 6, 7, 8, 9], "batch_size": 8},
                                 "model": {"arch": "resnet_small", "arch_kwargs": {"width": 4},
                                           "activation": "sparta"},

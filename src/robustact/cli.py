@@ -1,4 +1,5 @@
-"""`robustact train | eval | compare | analyze | info | bench | presets` — the command-line face of the library."""
+"""`robustact train | eval | compare | sanity | analyze | info | presets | bench` — the command-line face of the
+library. Each command parses its flags and calls one library function; bad input is one line and exit 2."""
 
 from __future__ import annotations
 
@@ -15,8 +16,26 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="download missing datasets (checksummed)")
 
 
+# ---------------------------------------------------------------- train
+def train_config(args: argparse.Namespace):
+    """The typed config of a new run: a preset or a --config file, then --set overrides and flags."""
+    from robustact.config import apply_overrides, load_config_file, load_preset, resolve
+    from robustact.errors import ConfigError
+
+    if bool(args.preset) == bool(args.config):
+        raise ConfigError("give exactly one of --preset NAME or --config FILE (see `robustact presets`)")
+    if not args.out:
+        raise ConfigError("--out DIR is required: the run directory to create")
+    raw = load_preset(args.preset) if args.preset else load_config_file(args.config)
+    raw = apply_overrides(raw, args.set or [])
+    if args.device:
+        raw["device"] = args.device
+    if args.download:
+        raw["data"]["download"] = True
+    return resolve(raw)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from robustact.config import apply_overrides, load_config_file, load_preset
     from robustact.errors import ConfigError
     from robustact.training import Trainer
 
@@ -26,113 +45,45 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--resume continues a run with its saved config; drop --preset/--config/--set")
         trainer = Trainer.resume(args.resume, data_root=args.data_dir, progress=progress)
     else:
-        if bool(args.preset) == bool(args.config):
-            raise ConfigError("give exactly one of --preset NAME or --config FILE (see `robustact presets`)")
-        if not args.out:
-            raise ConfigError("--out DIR is required: the run directory to create")
-        config = load_preset(args.preset) if args.preset else load_config_file(args.config)
-        config = apply_overrides(config, args.set or [])
-        if args.device:
-            config["device"] = args.device
-        if args.download:
-            config["data"]["download"] = True
-        trainer = Trainer(config, args.out, data_root=args.data_dir, progress=progress)
+        trainer = Trainer(train_config(args), args.out, data_root=args.data_dir, progress=progress)
     out = trainer.fit()
     print(f"run directory: {out}")
     if args.eval:
-        return cmd_eval(argparse.Namespace(
-            target=str(out), attacks=None, suite=None, suite_opt=None, only=None, protocol=None, cascade=None,
-            n=None, eps=None, out=None, which="best", arch=None,
-            batch_size=None, data_dir=args.data_dir, device=args.device, no_progress=args.no_progress,
-            seed=0, num_classes=None, download=args.download, sanity_n=200, restart=False))
+        from robustact.evaluation import EvalOptions
+
+        _eval_and_print(str(out), EvalOptions(progress=progress, data_root=args.data_dir, device=args.device,
+                                              download=args.download))
     return 0
+
+
+# ---------------------------------------------------------------- eval
+def _eval_and_print(target: str, options) -> None:
+    from robustact.evaluation import run_eval
+    from robustact.evaluation.report import format_table
+
+    result = run_eval(target, options)
+    meta = result.meta
+    print(format_table(result, title=f"{meta['checkpoint']}  ({meta['dataset']} test images 0-{result.n - 1})"))
+    if "report" in meta:
+        report = Path(meta["report"])
+        print(f"report: {report} (+ {report.with_suffix('.md').name})")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+    from robustact.evaluation import EvalOptions
+    from robustact.evaluation.suites import parse_options
 
-    import torch
-
-    from robustact.attacks.base import validate_eps
-    from robustact.attacks.registry import make_attack, parse_attack_list
-    from robustact.config import parse_number
-    from robustact.errors import RobustactError
-    from robustact.evaluation import evaluate
-    from robustact.evaluation.journal import EvalJournal, file_digest, journal_path
-    from robustact.evaluation.report import format_table, write_reports
-    from robustact.evaluation.sanity import run_sanity_checks
-    from robustact.evaluation.suites import build_suite, parse_options
-    from robustact.runs import load_model
-    from robustact.training.data_setup import prepare_test_data
-    from robustact.utils import get_device, seed_everything
-
-    model, config, weights = load_model(args.target, which=args.which, arch=args.arch, num_classes=args.num_classes)
-    ev = config.get("eval", {})
-    eps = validate_eps(parse_number(args.eps if args.eps is not None else ev.get("eps", "8/255")))
-    n = int(args.n if args.n is not None else ev.get("n", 1000))
-    if args.suite and args.attacks:
-        raise RobustactError("give --suite or --attacks, not both")
-    if not args.suite and (args.suite_opt or args.only or args.protocol):
-        raise RobustactError("--suite-opt, --only and --protocol go with --suite")
-    if args.suite:
-        attacks = build_suite(args.suite, model, eps, seed=args.seed, options=parse_options(args.suite_opt or []),
-                              protocol=args.protocol)
-        if args.only:
-            attacks = _subset(attacks, args.only, "--only")
-    else:
-        names = parse_attack_list(args.attacks or ev.get("attacks", ["fgsm", "pgd20", "cw"]))
-        attacks = {name: make_attack(name, eps, seed=args.seed) for name in names}
-    cascade = list(attacks) if args.cascade == "all" else list(_subset(attacks, args.cascade or "", "--cascade"))
-    device = get_device(args.device or config.get("device"))
-    if args.download:
-        config["data"]["download"] = True
-    seed_everything(args.seed)
-    x_u8, y = prepare_test_data(config["data"], n, args.data_dir)
-    model = model.to(device)
-    x = x_u8.to(device).float().div_(255)
-    batch_size = args.batch_size or ev.get("batch_size", 250)
-    stem = f"{args.suite}-{args.protocol}" if args.protocol else (args.suite or "eval")
-    out = Path(args.out) if args.out else (weights.parent.parent / "eval" / f"{stem}.json"
-                                            if weights.parent.name == "checkpoints" else None)
-    classes = config["data"].get("classes")
-    images = f"first {n} test images" + (f" of classes {classes}" if classes else "")
-    journal = None
-    if out is not None:
-        settings = {"checkpoint_sha256": file_digest(weights), "dataset": config["data"]["dataset"],
-                    "images": images, "suite": args.suite, "protocol": args.protocol,
-                    "suite_options": args.suite_opt or [], "attacks": {k: repr(a) for k, a in attacks.items()},
-                    "cascade": cascade, "eps": eps, "seed": args.seed, "batch_size": batch_size}
-        journal = EvalJournal(journal_path(out), settings, restart=args.restart)
-        if journal.resumed:
-            print(f"resuming the evaluation in {journal.path}: {journal.describe()}", file=sys.stderr)
-    result = evaluate(model, x, y.to(device), attacks, eps=eps, batch_size=batch_size,
-                      progress=not args.no_progress, seed=args.seed, only_robust=cascade, journal=journal)
-    if args.sanity_n:
-        m = min(args.sanity_n, n)
-        subset = {name: r[:m] for name, r in result.robust.items()}
-        flags = run_sanity_checks(model, x[:m], y[:m].to(device), subset, eps=eps, seed=args.seed)
-        result.sanity = [asdict(f) | {"n": m} for f in flags]
-    print(format_table(result, title=f"{weights}  ({config['data']['dataset']} test images 0-{n - 1})"))
-    if out is not None:
-        meta = {"checkpoint": str(weights), "dataset": config["data"]["dataset"], "images": images,
-                "device": str(device), "torch": torch.__version__}
-        write_reports(result, out, meta, title=f"Evaluation of {weights}")
-        journal.remove()
-        print(f"report: {out} (+ {out.with_suffix('.md').name})")
+    options = EvalOptions(
+        attacks=args.attacks, suite=args.suite, suite_options=parse_options(args.suite_opt or []), only=args.only,
+        protocol=args.protocol, cascade=args.cascade, n=args.n, eps=args.eps, out=args.out, restart=args.restart,
+        which=args.which, arch=args.arch, num_classes=args.num_classes, batch_size=args.batch_size, seed=args.seed,
+        sanity_n=args.sanity_n, progress=not args.no_progress, data_root=args.data_dir, device=args.device,
+        download=args.download)
+    _eval_and_print(args.target, options)
     return 0
 
 
-def _subset(attacks: dict, names: str, flag: str) -> dict:
-    """The attacks named in a comma-separated list, in the suite's order; an unknown name is an error."""
-    from robustact.errors import RobustactError
-
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in wanted if n not in attacks]
-    if unknown:
-        raise RobustactError(f"{flag}: no attack {unknown[0]!r} here; the attacks are: {', '.join(attacks)}")
-    return {name: a for name, a in attacks.items() if name in wanted}
-
-
+# ---------------------------------------------------------------- reports, analyses, information
 def cmd_compare(args: argparse.Namespace) -> int:
     from robustact.evaluation.compare import format_comparison, merge_reports
     from robustact.utils import atomic_write_text
@@ -145,10 +96,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sanity(args: argparse.Namespace) -> int:
+    from robustact.evaluation.runner import sanity_from_reports, write_flags
+
+    flags = sanity_from_reports(args.target, args.reports, which=args.which, data_root=args.data_dir,
+                                device=args.device, seed=args.seed)
+    for f in flags:
+        print(f)
+    if args.out:
+        write_flags(flags, args.out)
+    return 0
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from robustact.analysis import AnalysisOptions, run_analysis
     from robustact.attacks.base import validate_eps
-    from robustact.config import parse_number
+    from robustact.fields import parse_number
 
     targets = [Path(t) for t in args.targets]
     out = Path(args.out) if args.out else (targets[0] if targets[0].is_dir() else targets[0].parent) / "analysis"
@@ -183,14 +146,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from robustact.config import dump_config, list_presets, load_preset
+    from robustact.config import dump_config, list_presets, load_preset, resolve
+    from robustact.errors import RobustactError
 
     if args.name:
-        print(dump_config(load_preset(args.name)), end="")
+        print(dump_config(resolve(load_preset(args.name))), end="")
         return 0
     for name in list_presets():
-        desc = " ".join(str(load_preset(name).get("description", "")).split())
-        print(f"{name:<36} {desc[:100]}")
+        try:
+            desc = " ".join(str(load_preset(name).get("description", "")).split())
+        except RobustactError as exc:  # one broken preset file must not hide the others
+            desc = f"(broken: {exc})"
+        print(f"{name:<40} {desc[:100]}")
     return 0
 
 
@@ -203,13 +170,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="robustact", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+# ---------------------------------------------------------------- the parser
+def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model into a run directory")
     p.add_argument("--preset", help="recipe name (see `robustact presets`)")
-    p.add_argument("--config", help="a YAML config file instead of a preset")
+    p.add_argument("--config", help="a YAML config file instead of a preset (may name a preset as its base:)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. training.epochs=30")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
@@ -217,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_train)
 
+
+def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="attack a run or checkpoint; table + JSON/Markdown report")
     p.add_argument("target", help="run directory or checkpoint (.safetensors, or a plain state_dict .pt)")
     p.add_argument("--attacks", help="comma-separated, e.g. fgsm,pgd20,cw (default: the run config's)")
@@ -245,11 +212,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 
+
+def _report_parsers(sub) -> None:
     p = sub.add_parser("compare", help="one Markdown table from eval reports (same model: one row, joint worst case)")
     p.add_argument("reports", nargs="+", help="JSON reports written by `robustact eval`")
     p.add_argument("--columns", help="comma-separated attack columns in order (default: all, as first seen)")
     p.add_argument("--out", help="also write the table to this file")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sanity", help="gradient-masking sanity checks of a run from its eval reports' per-example "
+                                      "results (e.g. its paper and adaptive suites)")
+    p.add_argument("target", help="run directory or checkpoint")
+    p.add_argument("reports", nargs="+", help="JSON reports of `robustact eval` on that model")
+    p.add_argument("--which", default="best", choices=["best", "last"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="also write the flags as JSON")
+    _add_common(p)
+    p.set_defaults(func=cmd_sanity)
 
     p = sub.add_parser("analyze", help="activation analyses of runs (CSV + PNG), e.g. --kind channels")
     p.add_argument("targets", nargs="+", help="run directories or checkpoints (several are shown side by side)")
@@ -263,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_analyze)
 
+
+def _info_parsers(sub) -> None:
     p = sub.add_parser("info", help="versions, device, datasets found, architectures, presets")
     _add_common(p)
     p.set_defaults(func=cmd_info)
@@ -282,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robustact", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_train_parser, _eval_parser, _report_parsers, _info_parsers):
+        add(sub)
     return parser
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robustact.errors import RobustactError
+
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
@@ -18,15 +20,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def get_device(name: str | None = None) -> torch.device:
-    """`auto`/None picks CUDA, then MPS, then CPU; anything else is passed to torch.device."""
+def get_device(name: str | torch.device | None = None) -> torch.device:
+    """`auto`/None picks CUDA, then MPS, then CPU; anything else must name a device this machine has."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise RobustactError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RobustactError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__}); "
+                             "use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RobustactError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not mps:
+        raise RobustactError(f"--device {name}: MPS is not available here; use --device cpu or auto")
+    return device
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -22,16 +22,17 @@ from pathlib import Path
 
 import torch
 
-from robustact.analysis.registry import AnalysisOptions, register_analysis
-from robustact.errors import RobustactError
+from robustact.analysis.registry import AnalysisOptions, class_images, register_analysis
+from robustact.attacks import PGD, AuxTerm
+from robustact.defenses.placement import placement_slots
+from robustact.evaluation import open_run
 
 THRESHOLD = 0.01
 
 
 def _slot_path(model) -> str:
-    from robustact.defenses.cas import cas_slots
-
-    return cas_slots(model, getattr(model, "arch", ""))[-1]
+    """The slot of CAS's last site in this architecture (the placement table's), defended or not."""
+    return placement_slots("cas", getattr(model, "arch", ""), model)[-1].path
 
 
 @torch.no_grad()
@@ -64,10 +65,7 @@ def channel_stats(values: torch.Tensor, threshold: float = THRESHOLD) -> dict[st
 
 
 def _adversarial(model, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
-    from robustact.attacks import PGD
-    from robustact.attacks.adaptive import joint_loss
-
-    attack = PGD(eps, steps=20, alpha=0.003, random_start=True, extra_loss=joint_loss(2.0), seed=seed)
+    attack = PGD(eps, steps=20, alpha=0.003, random_start=True, extra_loss=AuxTerm(2.0), seed=seed)
     return torch.cat([attack(model, x[i:i + 250], y[i:i + 250]) for i in range(0, len(x), 250)])
 
 
@@ -134,27 +132,13 @@ def _write_csv(results: list[tuple[str, dict]], path: Path) -> None:
 
 @register_analysis("channels")
 def channels(targets: list[Path], options: AnalysisOptions) -> list[Path]:
-    from robustact.runs import load_model
-    from robustact.training.data_setup import prepare_test_data
-    from robustact.utils import get_device
-
     class_idx = 0 if options.class_idx is None else int(options.class_idx)
     results: list[tuple[str, dict]] = []
-    names: list[str] = []
     for target in targets:
-        model, config, weights = load_model(target, which=options.which)
-        device = get_device(options.device)
-        x_u8, y = prepare_test_data(config["data"], options.n, options.data_root)
-        num_classes = int(getattr(model, "num_classes", int(y.max()) + 1))
-        if not 0 <= class_idx < num_classes:
-            raise RobustactError(f"--class {class_idx} is out of range: the model has {num_classes} classes")
-        keep = y == class_idx
-        if not keep.any():
-            raise RobustactError(f"no test image of class {class_idx} among the first {options.n}")
-        x = x_u8[keep].to(device).float().div_(255)
+        run = open_run(target, options.which, options.n, options.device, data_root=options.data_root)
+        x, y = class_images(run, class_idx)
         name = target.name if target.is_dir() else f"{target.parent.parent.name}/{target.stem}"
-        names.append(name)
-        results.append((name, analyse(model.to(device), x, y[keep].to(device), options.eps, options.seed)))
+        results.append((name, analyse(run.model, x, y, options.eps, options.seed)))
     stem = f"channels_class{class_idx}"
     png, csv_path = options.out / f"{stem}.png", options.out / f"{stem}.csv"
     _write_csv(results, csv_path)

@@ -17,8 +17,12 @@ from pathlib import Path
 
 import torch
 
-from robustact.analysis.registry import AnalysisOptions, register_analysis
+from robustact.analysis.registry import AnalysisOptions, class_images, register_analysis
+from robustact.attacks.registry import make_attack
 from robustact.errors import RobustactError
+from robustact.evaluation import open_run
+from robustact.models.sparta import Sparta, site_key
+from robustact.utils import seed_everything
 
 
 def _run_label(target: Path) -> str:
@@ -28,8 +32,6 @@ def _run_label(target: Path) -> str:
 @torch.no_grad()
 def collect_gates(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 250) -> dict[str, dict]:
     """{site: {"map": mean gate (H, W), "mean": float, "open": fraction > 0.5}} over the images `x`."""
-    from robustact.models.activations import Sparta
-
     sites = {n: m for n, m in model.named_modules() if isinstance(m, Sparta)}
     sums: dict[str, dict] = {n: {"map": None, "sum": 0.0, "open": 0.0, "count": 0} for n in sites}
     current: dict[str, torch.Tensor] = {}
@@ -70,8 +72,6 @@ def kernel_stats(module: torch.nn.Module) -> tuple[float, float]:
 
 
 def _stage_maps(stats: dict[str, dict]) -> dict[str, torch.Tensor]:
-    from robustact.defenses.transfer import site_key
-
     groups: dict[str, list[torch.Tensor]] = {}
     for name, s in stats.items():
         groups.setdefault(site_key(name)[0], []).append(s["map"])
@@ -110,49 +110,36 @@ def _figure(label: str, nat: dict[str, torch.Tensor], adv: dict[str, torch.Tenso
     plt.close(fig)
 
 
+def _write_csv(path: Path, model: torch.nn.Module, nat: dict, adv: dict) -> None:
+    modules = dict(model.named_modules())
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["site", "stage", "shape", "mean_gate_nat", "mean_gate_adv", "open_frac_nat",
+                    "open_frac_adv", "kernel_centre_mean", "kernel_offcentre_mass"])
+        for name in nat:
+            centre, off = kernel_stats(modules[name])
+            w.writerow([name, site_key(name)[0], "x".join(map(str, nat[name]["map"].shape)),
+                        f"{nat[name]['mean']:.5f}", f"{adv[name]['mean']:.5f}", f"{nat[name]['open']:.5f}",
+                        f"{adv[name]['open']:.5f}", f"{centre:.4f}", f"{off:.4f}"])
+
+
 @register_analysis("gates")
 def gates(targets: list[Path], options: AnalysisOptions) -> list[Path]:
-    from robustact.attacks.registry import make_attack
-    from robustact.defenses.transfer import site_key
-    from robustact.models.activations import Sparta
-    from robustact.runs import load_model
-    from robustact.training.data_setup import prepare_test_data
-    from robustact.utils import get_device, seed_everything
-
     written: list[Path] = []
     for target in targets:
-        model, config, weights = load_model(target, which=options.which)
-        if not any(isinstance(m, Sparta) for m in model.modules()):
-            raise RobustactError(f"{target} has no Sparta activations; --kind gates needs a model trained with "
-                                 "model.activation=sparta (or a sparta_* variant)")
-        device = get_device(options.device or config.get("device"))
         seed_everything(options.seed)
-        x_u8, y = prepare_test_data(config["data"], None if options.class_idx is not None else options.n,
-                                    options.data_root)
-        if options.class_idx is not None:
-            keep = y == options.class_idx
-            if not keep.any():
-                raise RobustactError(f"no test images of class {options.class_idx} for {target}")
-            x_u8, y = x_u8[keep][: options.n], y[keep][: options.n]
-        model = model.to(device).eval()
-        x = x_u8.to(device).float().div_(255)
-        y = y.to(device)
+        run = open_run(target, options.which, None if options.class_idx is not None else options.n, options.device,
+                       data_root=options.data_root)
+        if not any(isinstance(m, Sparta) for m in run.model.modules()):
+            raise RobustactError(f"{target} has no Sparta activations; --kind gates needs a model trained with "
+                                 "model.activation=sparta (or a sparta variant)")
+        x, y = (run.x, run.y) if options.class_idx is None else class_images(run, options.class_idx, options.n)
         attack = make_attack("pgd20", options.eps, seed=options.seed)
-        x_adv = torch.cat([attack(model, x[i:i + 250], y[i:i + 250]) for i in range(0, len(x), 250)])
-        nat, adv = collect_gates(model, x), collect_gates(model, x_adv)
+        x_adv = torch.cat([attack(run.model, x[i:i + 250], y[i:i + 250]) for i in range(0, len(x), 250)])
+        nat, adv = collect_gates(run.model, x), collect_gates(run.model, x_adv)
         label = _run_label(Path(target))
-        csv_path = options.out / f"gates_{label}.csv"
-        modules = dict(model.named_modules())
-        with open(csv_path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["site", "stage", "shape", "mean_gate_nat", "mean_gate_adv", "open_frac_nat",
-                        "open_frac_adv", "kernel_centre_mean", "kernel_offcentre_mass"])
-            for name in nat:
-                centre, off = kernel_stats(modules[name])
-                w.writerow([name, site_key(name)[0], "x".join(map(str, nat[name]["map"].shape)),
-                            f"{nat[name]['mean']:.5f}", f"{adv[name]['mean']:.5f}", f"{nat[name]['open']:.5f}",
-                            f"{adv[name]['open']:.5f}", f"{centre:.4f}", f"{off:.4f}"])
-        png = options.out / f"gates_{label}.png"
+        csv_path, png = options.out / f"gates_{label}.csv", options.out / f"gates_{label}.png"
+        _write_csv(csv_path, run.model, nat, adv)
         _figure(label, _stage_maps(nat), _stage_maps(adv), options.eps, len(x), png)
         written += [csv_path, png]
     return written

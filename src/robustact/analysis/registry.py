@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from robustact.errors import RobustactError
+from robustact.evaluation import OpenedRun
+from robustact.registry import Registry
 
 
 @dataclass
@@ -22,39 +25,31 @@ class AnalysisOptions:
     seed: int = 0
 
 
+def class_images(run: OpenedRun, class_idx: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The opened run's test images of one class (the first `limit` of them), or a one-line error."""
+    k = run.model.classifier_layer().out_features
+    if not 0 <= class_idx < k:
+        raise RobustactError(f"--class must be in 0..{k - 1}, got {class_idx}")
+    keep = run.y == class_idx
+    if not bool(keep.any()):
+        raise RobustactError(f"no test image of class {class_idx} among the first {run.n}; raise --n")
+    return run.x[keep][:limit], run.y[keep][:limit]
+
+
 Analysis = Callable[[list[Path], AnalysisOptions], list[Path]]
-_ANALYSES: dict[str, Analysis] = {}
-_BUILTIN = {"channels": "robustact.analysis.channels", "relevance": "robustact.analysis.relevance",
-            "gates": "robustact.analysis.gates"}
+ANALYSES: Registry[Analysis] = Registry("analysis", builtin={
+    kind: f"robustact.analysis.{kind}" for kind in ("channels", "relevance", "gates")})
 
 
 def register_analysis(kind: str) -> Callable[[Analysis], Analysis]:
-    def decorator(fn: Analysis) -> Analysis:
-        _ANALYSES[kind] = fn
-        return fn
-
-    return decorator
-
-
-def _load(kind: str) -> None:
-    module = _BUILTIN.get(kind)
-    if module and kind not in _ANALYSES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    return ANALYSES.register(kind)
 
 
 def list_analyses() -> list[str]:
-    for kind in _BUILTIN:
-        _load(kind)
-    return sorted(_ANALYSES)
+    return ANALYSES.names()
 
 
 def run_analysis(kind: str, targets: list[Path], options: AnalysisOptions) -> list[Path]:
-    _load(kind)
-    if kind not in _ANALYSES:
-        raise RobustactError(f"unknown analysis {kind!r}; available: {', '.join(list_analyses()) or 'none yet'}")
+    analysis = ANALYSES.get(kind)
     options.out.mkdir(parents=True, exist_ok=True)
-    return _ANALYSES[kind](targets, options)
+    return analysis(targets, options)

@@ -21,9 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from robustact.analysis.registry import AnalysisOptions, register_analysis
+from robustact.analysis.registry import AnalysisOptions, class_images, register_analysis
+from robustact.data import dataset_info
 from robustact.defenses.base import sites
-from robustact.errors import RobustactError
+from robustact.evaluation import open_run
+from robustact.evaluation.protocols.cifs import build_paper
 
 DEFAULT_CLASS = 3  # "cat" on CIFAR-10, one of the two classes of the official figures
 
@@ -33,8 +35,6 @@ def _run_name(path: Path) -> str:
 
 
 def _adversary(model: nn.Module, eps: float, seed: int):
-    from robustact.evaluation.protocols.cifs import build_paper
-
     return build_paper(model, eps, seed, include_aa=False)["pgd20"]
 
 
@@ -116,34 +116,18 @@ def _plot(profiles: list[tuple[str, dict]], class_name: str, path: Path) -> None
 
 @register_analysis("relevance")
 def relevance(targets: list[Path], options: AnalysisOptions) -> list[Path]:
-    from robustact.runs import load_model
-    from robustact.training.data_setup import prepare_test_data
-    from robustact.utils import get_device
-
     class_idx = DEFAULT_CLASS if options.class_idx is None else int(options.class_idx)
     written: list[Path] = []
     profiles: list[tuple[str, dict]] = []
     summary_rows = []
     class_name = str(class_idx)
     for target in targets:
-        model, config, weights = load_model(target, which=options.which)
-        k = model.classifier_layer().out_features
-        if not 0 <= class_idx < k:
-            raise RobustactError(f"--class must be in 0..{k - 1} for {target}, got {class_idx}")
-        device = get_device(options.device or config.get("device"))
-        model = model.to(device)
-        x_u8, y = prepare_test_data(config["data"], options.n, options.data_root)
-        keep = y == class_idx
-        if not keep.any():
-            raise RobustactError(f"no test image of class {class_idx} among the first {options.n}; raise --n")
-        x = x_u8[keep].to(device).float().div_(255)
-        y = y[keep].to(device)
-        if not config["data"].get("classes"):
-            from robustact.data import dataset_info
-
-            names = dataset_info(config["data"]["dataset"]).class_names
+        run = open_run(target, options.which, options.n, options.device, data_root=options.data_root)
+        x, y = class_images(run, class_idx)
+        if not run.config.data.classes:
+            names = dataset_info(run.config.data.dataset).class_names
             class_name = f"{class_idx} ({names[class_idx]})" if class_idx < len(names) else class_name
-        prof = relevance_profile(model, x, y, class_idx, options.eps, options.seed)
+        prof = relevance_profile(run.model, x, y, class_idx, options.eps, options.seed)
         name = _run_name(Path(target))
         profiles.append((name, prof))
         path = options.out / f"relevance-{name}-class{class_idx}.csv"
@@ -161,7 +145,7 @@ def relevance(targets: list[Path], options: AnalysisOptions) -> list[Path]:
                     row += [f"{prof['nat_unmasked'][r]:.6g}", f"{prof['adv_unmasked'][r]:.6g}"]
                 wr.writerow(row)
         written.append(path)
-        summary_rows.append({"run": name, "checkpoint": str(weights), "class": class_idx} | _summary(prof))
+        summary_rows.append({"run": name, "checkpoint": str(run.weights), "class": class_idx} | _summary(prof))
     path = options.out / f"relevance-summary-class{class_idx}.csv"
     with open(path, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(summary_rows[0]))

@@ -13,6 +13,8 @@ sync inside the iteration loop except one every `compact_every` steps to drop th
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -50,6 +52,10 @@ class APGD(Attack):
         self.rho = float(rho)
         self.eot_iter = int(eot_iter)
         self.compact_every = int(compact_every)
+
+    def settings(self) -> dict[str, Any]:
+        return super().settings() | {"steps": self.steps, "restarts": self.restarts, "rho": self.rho,
+                                     "eot_iter": self.eot_iter}
 
     # -- what APGDT overrides ----------------------------------------------------------------------
     def objective(self, model: nn.Module, logits: torch.Tensor, y: torch.Tensor,
@@ -269,6 +275,5 @@ class APGDT(APGD):
                 self._run_into(model, x, y, idx, ranked[idx, t], gen, out, robust, best_loss)
         return out
 
-    def __repr__(self) -> str:
-        return (f"APGDT(eps={self.eps:.5g}, norm={self.norm}, steps={self.steps}, "
-                f"n_target_classes={self.n_target_classes})")
+    def settings(self) -> dict[str, Any]:
+        return super().settings() | {"n_target_classes": self.n_target_classes}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +19,8 @@ from torch import nn
 from robustact.attacks.apgd import APGD, APGDT
 from robustact.attacks.base import Attack, attack_mode
 from robustact.attacks.fab import FAB
+from robustact.attacks.predict import predict
+from robustact.attacks.result import EvalResult
 from robustact.attacks.square import Square
 from robustact.errors import RobustactError
 
@@ -48,60 +50,9 @@ def build_component(name: str, eps: float, norm: str, *, version: str = "standar
     raise RobustactError(f"unknown AutoAttack component {name!r}; known: {', '.join(ATTACK_NAMES)}")
 
 
-@dataclass
-class AutoAttackResult:
-    """Per-example outcomes. `robust[name][i]`: example i still correctly classified after attack `name` —
-    in cascade mode this includes all earlier attacks (the official bookkeeping); with `cascade=False` each
-    attack ran alone on the clean-correct points. `worst_case` = correct under every attack."""
-
-    clean: torch.Tensor
-    robust: dict[str, torch.Tensor] = field(default_factory=dict)
-    times: dict[str, float] = field(default_factory=dict)
-    x_adv: torch.Tensor | None = None
-    cascade: bool = True
-
-    @property
-    def worst_case(self) -> torch.Tensor:
-        out = self.clean.clone()
-        for r in self.robust.values():
-            out &= r
-        return out
-
-    @property
-    def clean_accuracy(self) -> float:
-        return self.clean.float().mean().item() if self.clean.numel() else 0.0
-
-    @property
-    def robust_accuracy(self) -> float:
-        return self.worst_case.float().mean().item() if self.clean.numel() else 0.0
-
-    def new_successes(self) -> dict[str, torch.Tensor]:
-        """Examples each attack fooled that every earlier attack had missed."""
-        out, alive = {}, self.clean.clone()
-        for name, r in self.robust.items():
-            out[name] = alive & ~r
-            alive &= r
-        return out
-
-    def accuracies(self) -> dict[str, float]:
-        acc = {"clean": self.clean_accuracy}
-        acc |= {name: r.float().mean().item() for name, r in self.robust.items()}
-        acc["worst_case"] = self.robust_accuracy
-        return acc
-
-    def to_dict(self) -> dict:
-        return {
-            "n": int(self.clean.numel()),
-            "cascade": self.cascade,
-            "accuracy": self.accuracies(),
-            "seconds": dict(self.times),
-            "per_example": {"clean": self.clean.int().tolist(), "worst_case": self.worst_case.int().tolist()}
-            | {name: r.int().tolist() for name, r in self.robust.items()},
-        }
-
-
 class AutoAttack(Attack):
-    """`AutoAttack(eps)(model, x, y) -> x_adv`; `.run(model, x, y) -> AutoAttackResult` with the details.
+    """`AutoAttack(eps)(model, x, y) -> x_adv`; `.run(model, x, y) -> EvalResult` with the details (the
+    evaluation's own result type: per attack and per example, in cascade by default, and `x_adv`).
 
     Args:
         version: "standard", "plus" or "custom" (then `attacks` names the subset, in order).
@@ -153,27 +104,20 @@ class AutoAttack(Attack):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._run(model, x, y).x_adv
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AutoAttackResult:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> EvalResult:
         """Evaluate: clean correctness, robustness after each attack, timings and the adversarial inputs."""
         self._check_inputs(x, y)
         with attack_mode(model, self.model_mode):
             return self._run(model, x.detach(), y.detach())
 
-    @torch.no_grad()
-    def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if len(x) == 0:
-            return torch.zeros(0, dtype=torch.long, device=x.device)
-        with torch.inference_mode():
-            bs = self.batch_size
-            pred = torch.cat([self.forward(model, x[i:i + bs]).argmax(1) for i in range(0, len(x), bs)])
-        return pred.clone()
-
-    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AutoAttackResult:
-        clean = self._predict(model, x) == y
-        res = AutoAttackResult(clean=clean.clone(), x_adv=x.clone(), cascade=self.cascade)
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> EvalResult:
+        clean = predict(model, x, self.batch_size) == y
+        res = EvalResult(n=len(y), eps=self.eps, clean=clean.clone(), x_adv=x.clone(), seed=self.seed or 0,
+                         attacks={name: repr(a) for name, a in self.attacks.items()},
+                         cascaded=list(self.attacks) if self.cascade else [])
         robust = clean.clone()
         if self.verbose:
-            print(f"[autoattack] clean accuracy {res.clean_accuracy:.2%} on {len(y)} examples")
+            print(f"[autoattack] clean accuracy {res.accuracy()['clean']:.2%} on {len(y)} examples")
         for name, attack in self.attacks.items():
             start = time.perf_counter()
             pool = robust if self.cascade else clean
@@ -182,7 +126,7 @@ class AutoAttack(Attack):
             for i in range(0, idx.numel(), self.batch_size):
                 b = idx[i:i + self.batch_size]
                 x_adv = attack(model, x[b], y[b])
-                fooled = self._predict(model, x_adv) != y[b]
+                fooled = predict(model, x_adv, self.batch_size) != y[b]
                 hit = b[fooled]
                 now[hit] = False
                 first = robust[hit]  # all of them in cascade mode; keep the first attack's point otherwise
@@ -190,13 +134,13 @@ class AutoAttack(Attack):
                 robust[hit] = False
             if x.device.type == "cuda":
                 torch.cuda.synchronize(x.device)
-            res.times[name] = time.perf_counter() - start
+            res.seconds[name] = time.perf_counter() - start
             res.robust[name] = now
             if self.verbose:
                 print(f"[autoattack] {name}: robust accuracy {now.float().mean().item():.2%} "
-                      f"({res.times[name]:.1f} s)")
+                      f"({res.seconds[name]:.1f} s)")
         return res
 
-    def __repr__(self) -> str:
-        return (f"AutoAttack(eps={self.eps:.5g}, norm={self.norm}, version={self.version}, "
-                f"attacks={list(self.attacks)})")
+    def settings(self) -> dict[str, Any]:
+        return {"eps": self.eps, "norm": self.norm, "version": self.version, "attacks": "[" + "; ".join(
+            f"{name}: {a!r}" for name, a in self.attacks.items()) + "]"}

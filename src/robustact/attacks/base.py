@@ -1,19 +1,25 @@
-"""The attack base class: threat model validation, model-state hygiene, loss composition, seeding."""
+"""The attack base class: threat model validation, model-state hygiene, the one model-call path, loss
+composition, seeding, and a `repr` that shows every setting (reports print it as the attack's description)."""
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
-from robustact.attacks.losses import LossFn, resolve_loss
+from robustact.attacks.losses import LossFn, loss_label, resolve_loss
 from robustact.errors import RobustactError
 
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 NORMS = ("Linf", "L2")
+STARTS = ("uniform", "normal")
+
+_NCHW_ONLY: weakref.WeakSet = weakref.WeakSet()  # models whose forward needs NCHW-contiguous maps
 
 
 def validate_eps(eps: float, norm: str = "Linf") -> float:
@@ -31,6 +37,19 @@ def validate_eps(eps: float, norm: str = "Linf") -> float:
             f"Linf eps={eps:g} is larger than the [0, 1] pixel range; give it in pixel units, e.g. {eps:g}/255"
         )
     return eps
+
+
+def model_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`model(x)` as every attack and `predict` call it: images are fed channels_last on CPU (3-4x faster
+    convolutions and pooling there, same values to ~1e-8). A model whose forward needs NCHW-contiguous maps
+    (`.view` on them) gets a plain retry and keeps getting NCHW. Autograd sees the format change: gradients
+    come back in x's layout."""
+    if x.dim() == 4 and x.device.type == "cpu" and model not in _NCHW_ONLY:
+        try:
+            return model(x.contiguous(memory_format=torch.channels_last))
+        except RuntimeError:
+            _NCHW_ONLY.add(model)
+    return model(x)
 
 
 @contextmanager
@@ -53,15 +72,24 @@ def attack_mode(model: nn.Module, mode: str) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def describe(value: Any) -> str:
+    """A setting as a report prints it: numbers to 5 significant digits, callables by name or repr."""
+    if isinstance(value, float):
+        return f"{value:.5g}"
+    if callable(value) and not isinstance(value, type) and type(value).__repr__ is object.__repr__:
+        return getattr(value, "__name__", type(value).__name__)
+    return str(value)
+
+
 class Attack:
     """Base of all attacks: `attack(model, x, y) -> x_adv` for x in [0, 1].
 
     Args:
         eps: radius of the threat model, in pixel units (8/255, not 8).
         norm: "Linf" or "L2".
-        loss: "ce", "margin" (CW, with `kappa`), "dlr" or a callable `(logits, y) -> (N,)`.
+        loss: "ce", "margin" (CW, with `kappa`), "dlr", "zero" or a callable `(logits, y) -> (N,)`.
         extra_loss: optional `(model, logits, y) -> (N,)` added to the loss; defenses use it to include
-            their auxiliary logits (`robustact.defenses.aux_logits(model)`).
+            their auxiliary logits (`robustact.attacks.aux.AuxTerm`).
         targeted: if True, `y` are target classes and the loss is descended.
         model_mode: "eval" (default), "train" or "keep": the mode the model runs in during the attack.
         seed: int seeds a generator afresh on every call (same input, same result); None uses the global
@@ -84,7 +112,7 @@ class Attack:
     ) -> None:
         self.eps = validate_eps(eps, norm)
         self.norm = norm
-        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+        self.loss_name = loss_label(loss)
         self.kappa = float(kappa)
         self.loss_fn = resolve_loss(loss, self.kappa)
         self.extra_loss = extra_loss
@@ -120,20 +148,12 @@ class Attack:
         return -value if self.targeted else value
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """`model(x)`, fed channels_last on CPU (3-4x faster convolutions and pooling there, same values to
-        ~1e-8). A model whose forward needs NCHW-contiguous maps (`.view` on them) gets a plain retry and
-        keeps getting NCHW from this attack. Autograd sees the format change: gradients come back as x."""
-        if x.dim() == 4 and x.device.type == "cpu" and not getattr(self, "_nchw_only", False):
-            try:
-                return model(x.contiguous(memory_format=torch.channels_last))
-            except RuntimeError:
-                self._nchw_only = True
-        return model(x)
+        return model_forward(model, x)
 
     def loss_and_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         """(logits, per-example loss, gradient of the summed loss w.r.t. x), all detached."""
         x = x.detach().requires_grad_(True)
-        logits = model(x)
+        logits = self.forward(model, x)
         loss = self.loss(model, logits, y)
         (grad,) = torch.autograd.grad(loss.sum(), x)
         return logits.detach(), loss.detach(), grad.detach()
@@ -148,7 +168,13 @@ class Attack:
             delta = delta * (self.eps / norms).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
         return (x + delta).clamp(0.0, 1.0)
 
-    def random_start(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    def random_start(self, x: torch.Tensor, gen: torch.Generator | None, kind: str = "uniform",
+                     sigma: float = 0.001) -> torch.Tensor:
+        """A start inside the threat model: uniform in the ε-ball (L2: a random direction and radius), or
+        `x + sigma·N(0, 1)` ("normal", TRADES' and MART's start), projected."""
+        if kind == "normal":
+            noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            return self.project(x + sigma * noise, x)
         if self.norm == "Linf":
             noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
             return self.project(x + self.eps * noise, x)
@@ -176,5 +202,19 @@ class Attack:
                 "put input normalisation inside the model"
             )
 
+    # -- the description ---------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """Every setting that decides the result, in the order `repr` prints them; subclasses add theirs."""
+        out: dict[str, Any] = {"eps": self.eps, "norm": self.norm, "loss": self.loss_name}
+        if self.loss_name in ("margin", "cw") or self.kappa:
+            out["kappa"] = self.kappa
+        if self.extra_loss is not None:
+            out["extra"] = self.extra_loss
+        if self.targeted:
+            out["targeted"] = True
+        if self.model_mode != "eval":
+            out["model_mode"] = self.model_mode
+        return out
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(eps={self.eps:.5g}, norm={self.norm}, loss={self.loss_name})"
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={describe(v)}" for k, v in self.settings().items()) + ")"

@@ -13,6 +13,8 @@ an adversarial point within ε — its outcome is then settled — which saves m
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -206,7 +208,7 @@ class FAB(Attack):
         flush(torch.arange(s["idx"].numel(), device=x0.device))
         return best
 
-    def __repr__(self) -> str:
-        kind = "FAB-T" if self.multi_target else "FAB"
-        return (f"FAB(eps={self.eps:.5g}, norm={self.norm}, {kind}, steps={self.steps}, "
-                f"restarts={self.restarts})")
+    def settings(self) -> dict[str, Any]:
+        targets = {"n_target_classes": self.n_target_classes} if self.multi_target else {}
+        return super().settings() | {"steps": self.steps, "restarts": self.restarts, **targets,
+                                     "alpha_max": self.alpha_max, "eta": self.eta, "beta": self.beta}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -24,3 +26,6 @@ class FGSM(Attack):
         x_adv = self.random_start(x, self.generator(x.device)) if self.random_start_ else x
         _, _, grad = self.loss_and_grad(model, x_adv, y)
         return self.project(x_adv + self.ascent_step(grad, self.alpha), x)
+
+    def settings(self) -> dict[str, Any]:
+        return super().settings() | {"alpha": self.alpha, "random_start": "uniform" if self.random_start_ else "none"}

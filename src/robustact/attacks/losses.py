@@ -47,8 +47,13 @@ def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
     return -(z_y - z_t) / (srt[:, -1] - 0.5 * (srt[:, -3] + srt[:, -4]) + 1e-12)
 
 
+def zero_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """No main term: the attack ascends only its extra (e.g. aux-head) loss."""
+    return torch.zeros(y.shape[0], device=y.device)
+
+
 def resolve_loss(loss: str | LossFn, kappa: float = 0.0) -> LossFn:
-    """A loss by name (`ce`, `margin`/`cw`, `dlr`) or a callable `(logits, y) -> (N,)`."""
+    """A loss by name (`ce`, `margin`/`cw`, `dlr`, `zero`) or a callable `(logits, y) -> (N,)`."""
     if callable(loss):
         return loss
     if loss == "ce":
@@ -57,4 +62,17 @@ def resolve_loss(loss: str | LossFn, kappa: float = 0.0) -> LossFn:
         return lambda logits, y: margin_loss(logits, y, kappa)
     if loss == "dlr":
         return dlr_loss
-    raise ValueError(f"unknown attack loss {loss!r}; known: ce, margin (cw), dlr, or a callable")
+    if loss == "zero":
+        return zero_loss
+    raise ValueError(f"unknown attack loss {loss!r}; known: ce, margin (cw), dlr, zero, or a callable")
+
+
+def loss_label(loss: str | LossFn) -> str:
+    """How a report names a loss: its name, a function's `__name__`, or an object's repr."""
+    if isinstance(loss, str):
+        return loss
+    if loss is zero_loss:
+        return "zero"
+    if type(loss).__repr__ is not object.__repr__:
+        return repr(loss)
+    return getattr(loss, "__name__", "custom")

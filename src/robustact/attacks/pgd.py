@@ -2,51 +2,73 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from robustact.attacks.base import Attack
+from robustact.attacks.base import STARTS, Attack
 
 
 class PGD(Attack):
     """Projected gradient ascent.
 
-    `alpha` defaults to 2.5·ε/steps (Madry et al.). With restarts, each example keeps the first restart that
-    fools the model, or else the one with the highest loss. `loss="margin"` with `kappa` is CW∞.
+    `alpha` defaults to 2.5·ε/steps (Madry et al.). `random_start` starts uniformly in the ε-ball, or — with
+    `start="normal"` — at `x + start_sigma·N(0, 1)` (TRADES' and MART's start). With restarts, each example keeps
+    the first restart that fools the model, or else the one with the highest loss. `loss="margin"` with `kappa`
+    is CW∞; a callable loss makes it any other PGD (TRADES' KL adversary is one).
     """
 
     name = "pgd"
 
     def __init__(self, eps: float, norm: str = "Linf", *, steps: int = 10, alpha: float | None = None,
-                 random_start: bool = True, restarts: int = 1, **kwargs) -> None:
+                 random_start: bool = True, start: str = "uniform", start_sigma: float = 0.001,
+                 restarts: int = 1, **kwargs) -> None:
         super().__init__(eps, norm, **kwargs)
         if steps < 1 or restarts < 1:
             raise ValueError(f"steps and restarts must be >= 1, got {steps}, {restarts}")
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
         self.steps = int(steps)
         self.alpha = 2.5 * self.eps / self.steps if alpha is None else float(alpha)
         self.random_start_ = random_start
+        self.start, self.start_sigma = start, float(start_sigma)
         self.restarts = int(restarts)
+
+    def first_point(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        return self.random_start(x, gen, self.start, self.start_sigma) if self.random_start_ else x.clone()
+
+    def ascend(self, model: nn.Module, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+               steps: int) -> torch.Tensor:
+        """`steps` projected ascent steps from `x_adv` inside the threat model around `x`."""
+        for _ in range(steps):
+            _, _, grad = self.loss_and_grad(model, x_adv, y)
+            x_adv = self.project(x_adv + self.ascent_step(grad, self.alpha), x)
+        return x_adv
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         gen = self.generator(x.device)
+        if self.restarts == 1:
+            return self.ascend(model, self.first_point(x, gen), x, y, self.steps)  # the plain final iterate
         best = x.clone()
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(self.restarts):
-            x_adv = self.random_start(x, gen) if self.random_start_ else x.clone()
-            for _ in range(self.steps):
-                _, _, grad = self.loss_and_grad(model, x_adv, y)
-                x_adv = self.project(x_adv + self.ascent_step(grad, self.alpha), x)
-            if self.restarts == 1:
-                return x_adv  # the plain final iterate; no extra forward
+            x_adv = self.ascend(model, self.first_point(x, gen), x, y, self.steps)
             with torch.no_grad():
-                logits = model(x_adv)
+                logits = self.forward(model, x_adv)
                 loss = self.loss(model, logits, y)
                 success = logits.argmax(1) == y if self.targeted else logits.argmax(1) != y
             take = (~fooled) & (success | (loss > best_loss))
             best[take] = x_adv[take]
             best_loss = torch.where(take, loss, best_loss)
             fooled |= success
-            if self.restarts > 1 and bool(fooled.all()):
+            if bool(fooled.all()):
                 break
         return best
+
+    def settings(self) -> dict[str, Any]:
+        start = (self.start if self.start == "uniform" else f"normal({self.start_sigma:g})") \
+            if self.random_start_ else "none"
+        return super().settings() | {"steps": self.steps, "alpha": self.alpha, "random_start": start,
+                                     "restarts": self.restarts}

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import re
 
+from robustact.attacks.apgd import APGD, APGDT
+from robustact.attacks.autoattack import AutoAttack
 from robustact.attacks.base import Attack
+from robustact.attacks.fab import FAB
 from robustact.attacks.fgsm import FGSM
 from robustact.attacks.pgd import PGD
+from robustact.attacks.square import Square
 from robustact.errors import RobustactError
 
 _PGD = re.compile(r"^(pgd|cw)(\d+)?(?:x(\d+))?$")
@@ -28,17 +32,15 @@ def make_attack(name: str, eps: float, norm: str = "Linf", *, seed: int = 0, **k
         if kind == "cw":
             kwargs.setdefault("loss", "margin")
         return PGD(eps, norm, steps=steps, restarts=int(restarts or 1), seed=seed, **kwargs)
-    from robustact import attacks as A  # the strong attacks live in their own modules
-
     strong = {
-        "apgd-ce": lambda: A.APGD(eps, norm, loss="ce", seed=seed, **kwargs),
-        "apgd-dlr": lambda: A.APGD(eps, norm, loss="dlr", seed=seed, **kwargs),
-        "apgd-t": lambda: A.APGDT(eps, norm, seed=seed, **kwargs),
-        "fab-t": lambda: A.FAB(eps, norm, seed=seed, **kwargs),
-        "square": lambda: A.Square(eps, norm, seed=seed, **kwargs),
-        "aa": lambda: A.AutoAttack(eps, norm, version="standard", seed=seed, **kwargs),
+        "apgd-ce": lambda: APGD(eps, norm, loss="ce", seed=seed, **kwargs),
+        "apgd-dlr": lambda: APGD(eps, norm, loss="dlr", seed=seed, **kwargs),
+        "apgd-t": lambda: APGDT(eps, norm, seed=seed, **kwargs),
+        "fab-t": lambda: FAB(eps, norm, seed=seed, **kwargs),
+        "square": lambda: Square(eps, norm, seed=seed, **kwargs),
+        "aa": lambda: AutoAttack(eps, norm, version="standard", seed=seed, **kwargs),
     }
-    if key in strong and all(hasattr(A, n) for n in ("APGD", "APGDT", "FAB", "Square", "AutoAttack")):
+    if key in strong:
         return strong[key]()
     raise RobustactError(f"unknown attack {name!r}; known: {KNOWN}")
 

@@ -10,6 +10,7 @@ examples leave the batch as soon as they are misclassified.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -252,6 +253,5 @@ class Square(Attack):
         delta = torch.where(mask2, torch.zeros_like(delta), delta).flatten(2).scatter(2, idx1, new)
         return (x + self._unit_l2(delta.view_as(x)) * self.eps).clamp(0.0, 1.0)
 
-    def __repr__(self) -> str:
-        return (f"Square(eps={self.eps:.5g}, norm={self.norm}, n_queries={self.n_queries}, "
-                f"p_init={self.p_init})")
+    def settings(self) -> dict[str, Any]:
+        return super().settings() | {"n_queries": self.n_queries, "p_init": self.p_init, "restarts": self.restarts}

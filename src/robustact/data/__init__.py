@@ -17,9 +17,11 @@ from robustact.data.datasets import (
 )
 from robustact.data.download import RESOURCES, Resource, download_dataset, md5sum, safe_extract
 from robustact.data.loader import DeviceLoader, epoch_generator, shift_crop_flip
+from robustact.data.splits import RunData, num_classes_of, select_classes, test_split, training_split
 
 __all__ = [
     "RESOURCES",
+    "RunData",
     "DatasetInfo",
     "DeviceLoader",
     "Resource",
@@ -34,10 +36,14 @@ __all__ = [
     "known_datasets",
     "load_dataset",
     "md5sum",
+    "num_classes_of",
     "remap_labels",
     "resolve_data_root",
     "safe_extract",
+    "select_classes",
     "shift_crop_flip",
     "stratified_subset",
+    "test_split",
     "train_val_split",
+    "training_split",
 ]

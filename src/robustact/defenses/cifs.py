@@ -24,6 +24,7 @@ non-detached relevance itself, not another relaxation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,12 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustact.defenses.base import DefenseSite, sites
-from robustact.defenses.registry import no_placement, register_defense
+from robustact.defenses.placement import DEFENSES, Defense, SiteOptions
 from robustact.defenses.spec import DefenseSpec
 from robustact.errors import ConfigError
+from robustact.fields import option
 
 PROBES = ("linear", "nonlinear")
-ARCHS = ("resnet18", "resnet34", "resnet_small", "wideresnet", "wrn34_10", "wrn28_10")
 
 
 class _GAPFlatten(nn.Module):
@@ -169,74 +170,46 @@ class relevance_gradients:
             s.detach_for_mask = flag
 
 
-# -- placement ---------------------------------------------------------------------------------------
-def _load_init(model: nn.Module, path: str) -> None:
-    """`init_from` as a defense option (kept for configs that use it; `model.init_from` is the trainer-level
-    form, for any defense): a run directory gives its last checkpoint; probe keys are optional."""
-    from robustact.training.checkpoint import init_weights_from
-
-    init_weights_from(model, path, optional=lambda key: ".probe." in key, which="last")
-
-
-def _probe_kinds(probes: Any, n: int) -> list[str]:
-    if probes is None:
-        return ["nonlinear", "linear"][-n:] if n <= 2 else ["linear"] * n
-    kinds = [probes] * n if isinstance(probes, str) else list(probes)
-    if len(kinds) != n or any(p not in PROBES for p in kinds):
-        raise ConfigError(f"CIFS probes must be {n} of {', '.join(PROBES)} (one per site), got {probes!r}")
-    return kinds
+# -- options, sites, spec ---------------------------------------------------------------------------------
+@dataclass
+class CIFSOptions(SiteOptions):
+    beta: float = option(2.0, min=0)                  # loss 3/(β+1)·[CE + β·mean_l CE(probe_l)]
+    attack_beta: float | None = option(None, min=0)   # probe weight in the training attack (None: beta)
+    k: int = option(2, min=1)                         # top-k probe logits that define the relevance
+    T: float = option(1.0, above=0)                   # softmax temperature over channels
+    mask_scale: float = option(1.0, above=0)          # the mask sums to this (1: HEAD; 2: the first commit's ResNet)
+    detach_for_mask: bool = True                      # relevance on a detached copy of z (official)
+    probes: Any = option(None, parse=lambda v, where: _parse_probes(v, where))  # per site, default: the placement's
+    hidden: int | None = option(None, min=1)          # nonlinear probe width (default: the placement's, 128 / 240)
+    softplus_beta: float = option(5.0, above=0)       # of the nonlinear probe's Softplus
 
 
-@register_defense("cifs")
-def place_cifs(model: nn.Module, arch: str, *, beta: float = 2.0, attack_beta: float | None = None,
-               k: int = 2, T: float = 1.0, mask_scale: float = 1.0, detach_for_mask: bool = True,
-               probes: Any = None, hidden: int | None = None, softplus_beta: float = 5.0,
-               init_from: str | None = None, **unknown: Any) -> nn.Module:
-    """Put CIFS sites where the paper does and set the loss: 3/(β+1)·[CE + (β/L)·Σ_l CE(P_l)].
-
-    ResNet-18 (and resnet_small): layer4[0] (nonlinear probe, hidden 128) and layer4[1] (linear probe),
-    on post-ReLU block outputs; ResNet-34: the last two layer4 blocks [recon]. WRN (official: WRN-28-10):
-    the BN-ReLU pre-activated input of the last block of group 3, feeding only its residual branch
-    (nonlinear, hidden 240), and the final BN-ReLU output before pooling (linear).
-    `attack_beta` (default β) weights the mean probe CE in the training attack.
-    """
-    if unknown:
-        raise ConfigError(
-            f"defense 'cifs' does not take {', '.join(sorted(unknown))}; it takes: beta, attack_beta, k, T, "
-            "mask_scale, detach_for_mask, probes, hidden, softplus_beta, init_from"
-        )
-    if arch in ("resnet18", "resnet34", "resnet_small"):
-        slots = [(blk, "site") for blk in list(model.layer4)[-2:]]
-        default_hidden = 128
-    elif arch in ("wideresnet", "wrn34_10", "wrn28_10"):
-        slots = [(model.block3.layer[-1], "pre_site"), (model, "final_site")]
-        default_hidden = 240
-    else:
-        raise no_placement("cifs", arch, list(ARCHS))
-    num_classes = model.classifier_layer().out_features
-    kinds = _probe_kinds(probes, len(slots))
-    for (owner, attr), kind in zip(slots, kinds):
-        channels = _site_channels(owner, attr)
-        setattr(owner, attr, CIFSSite(channels, num_classes, kind, int(hidden or default_hidden), k, T, mask_scale,
-                                      detach_for_mask, softplus_beta))
-    beta = float(beta)
-    if beta < 0:
-        raise ConfigError(f"CIFS beta must be >= 0, got {beta}")
-    model.defense_spec = DefenseSpec(
-        name="cifs", aux_weight=beta, main_weight=3.0 / (beta + 1.0), train_masks="label", attack_masks="pred",
-        attack_aux_weight=float(beta if attack_beta is None else attack_beta),
-    )
-    if init_from:
-        _load_init(model, str(init_from))
-    return model
+def _parse_probes(value: Any, where: str) -> str | list[str] | None:
+    """One probe kind for every site, or a list with one per site."""
+    if value is None:
+        return None
+    kinds = [value] if isinstance(value, str) else value
+    if not isinstance(kinds, (list, tuple)) or any(p not in PROBES for p in kinds):
+        raise ConfigError(f"{where}: CIFS probes must be one or a list of {', '.join(PROBES)}, got {value!r}")
+    return value if isinstance(value, str) else list(value)
 
 
-def _site_channels(owner: nn.Module, attr: str) -> int:
-    """Channels of the activation at a slot: from the block's last BN (ResNet site), the block's first BN
-    (WRN pre_site), or the final BN (WRN final_site)."""
-    if attr == "site":
-        return owner.bn2.num_features
-    if attr == "pre_site":
-        return owner.bn1.num_features
-    return owner.bn1.num_features  # WideResNet.bn1 is the final BN
+def make_cifs_sites(o: CIFSOptions, slots: list, num_classes: int) -> list[CIFSSite]:
+    """One site per slot; probe kind and width from the options if given, else from the placement."""
+    kinds = [s.settings["probe"] for s in slots] if o.probes is None else o.probes
+    if isinstance(kinds, str):
+        kinds = [kinds] * len(slots)
+    if len(kinds) != len(slots):
+        raise ConfigError(f"CIFS probes must be {len(slots)} of {', '.join(PROBES)} (one per site), got {o.probes!r}")
+    if o.k > num_classes:
+        raise ConfigError(f"CIFS k must be between 1 and num_classes={num_classes}, got {o.k}")
+    return [CIFSSite(s.shape[0], num_classes, kind, o.hidden or s.settings["hidden"], o.k, o.T, o.mask_scale,
+                     o.detach_for_mask, o.softplus_beta) for s, kind in zip(slots, kinds)]
 
+
+def cifs_spec(o: CIFSOptions) -> DefenseSpec:
+    return DefenseSpec(name="cifs", aux_weight=o.beta, main_weight=3.0 / (o.beta + 1.0), train_masks="label",
+                       attack_masks="pred", attack_aux_weight=o.beta if o.attack_beta is None else o.attack_beta)
+
+
+DEFENSES.register("cifs")(Defense("cifs", CIFSOptions, make_cifs_sites, cifs_spec))

@@ -12,10 +12,10 @@ z' = z * m
 `mask_mode = "soft"` is the BPDA surrogate for attacks: the forward value is the hard mask of the predicted
 class, the backward pass sees `softmax(a / T) @ W` (straight-through: `hard + (soft - soft.detach())`), so the
 gradient also flows through the aux head's choice of mask. `temperature` (T) is a plain attribute an attack
-may change between iterations (`robustact.attacks.adaptive.set_temperature`).
+may change between iterations (`SoftMaskPGD` anneals it).
 
-Placement helpers (`place_sites`) replace a model's `nn.Identity` slots by sites sized from a dry run of the
-network, so channel counts and H, W come from the network itself, never from constants.
+Sites are placed by `robustact.defenses.placement`, sized from a dry run of the network: channel counts and
+H, W come from the network itself, never from constants.
 """
 
 from __future__ import annotations
@@ -91,63 +91,11 @@ class LinearMaskSite(DefenseSite):
         return f"channels={self.channels}, num_classes={self.num_classes}, pooling={self.pooling}{size}"
 
 
-# -- placement -------------------------------------------------------------------------------------
-def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
-    parent_path, _, name = path.rpartition(".")
-    return (model.get_submodule(parent_path) if parent_path else model), name
+def linear_mask_sites(pooling: str):
+    """`make_sites` of a linear-mask defense: one `LinearMaskSite` per slot, sized by the dry run."""
 
+    def make_sites(options, slots: list, num_classes: int) -> list[LinearMaskSite]:
+        return [LinearMaskSite(s.shape[0], num_classes, pooling, spatial=s.shape[1:] if pooling == "element" else None)
+                for s in slots]
 
-def slot_input_shapes(model: nn.Module, paths: Sequence[str], input_size: int | Sequence[int] = 32,
-                      in_channels: int = 3) -> dict[str, tuple[int, ...]]:
-    """The (C, H, W) each slot receives, from one eval-mode, no-grad dry run of a single image of
-    `input_size` (the model's mode and BN statistics are left as they were)."""
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-
-    def record(path: str):
-        def hook(module, inputs, output) -> None:
-            shapes.setdefault(path, tuple(inputs[0].shape[1:]))
-        return hook
-
-    for path in paths:
-        handles.append(model.get_submodule(path).register_forward_hook(record(path)))
-    was = [(m, m.training) for m in model.modules()]
-    param = next(model.parameters(), None)
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, *size, device=param.device if param is not None else "cpu"))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, training in was:
-            m.training = training
-    missing = [p for p in paths if p not in shapes]
-    if missing:
-        raise ConfigError(f"slots {missing} are not reached by the model's forward; cannot place a defense there")
-    return shapes
-
-
-def place_sites(model: nn.Module, paths: Sequence[str], num_classes: int, pooling: str,
-                input_size: int | Sequence[int] = 32) -> list[LinearMaskSite]:
-    """Replace the `nn.Identity` slots at `paths` (dotted module paths) by linear-mask sites, in order."""
-    shapes = slot_input_shapes(model, paths, input_size)
-    param = next(model.parameters(), None)
-    placed = []
-    for path in paths:
-        parent, name = _parent(model, path)
-        current = getattr(parent, name) if not name.isdigit() else parent[int(name)]
-        if not isinstance(current, nn.Identity):
-            raise ConfigError(f"slot {path} already holds {type(current).__name__}; one defense per model")
-        c, h, w = shapes[path]
-        site = LinearMaskSite(c, num_classes, pooling, spatial=(h, w) if pooling == "element" else None)
-        if param is not None:
-            site = site.to(param.device)
-        if name.isdigit():
-            parent[int(name)] = site
-        else:
-            setattr(parent, name, site)
-        placed.append(site)
-    return placed
-
+    return make_sites

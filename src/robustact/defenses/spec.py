@@ -1,7 +1,8 @@
 """How a defense enters training and attacks: the one object objectives consult.
 
 A model built with a defense carries `model.defense_spec`; a plain model gets `NO_DEFENSE`. Objectives and
-evaluation call only these methods, so a new defense changes nothing outside its own module.
+evaluation read only this, so a new defense changes nothing outside its own module. The training attack is built
+from it by `robustact.training.objectives.training_attack` (the joint loss, the mask mode, aux-only).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustact.defenses.base import aux_logits, conditioned, mask_mode
+from robustact.defenses.base import aux_logits, conditioned
 
 
 @dataclass
@@ -58,45 +59,6 @@ class DefenseSpec:
         aux = self.aux_ce(model, y) if self.aux_weight else None
         total = main if aux is None else main + self.aux_weight * aux
         return self.main_weight * total
-
-    def train_attack_extra_loss(self):
-        """Per-example extra loss for the training attack (the aux part of the joint loss), or None."""
-        if not self.attack_aux_weight:
-            return None
-        weight = self.attack_aux_weight
-
-        def extra(model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            aux = self.aux_ce(model, y, reduction="none")
-            return torch.zeros_like(y, dtype=torch.float32) if aux is None else weight * aux
-
-        return extra
-
-    def wrap_train_attack(self, attack):
-        """Run the training attack with this defense's mask mode (and aux-only loss if asked)."""
-        if self.name == "none":
-            return attack
-        if self.aux_only_train_attack:
-            attack.loss_fn = lambda logits, y: torch.zeros(y.shape[0], device=y.device)
-        return _MaskedAttack(attack, self.attack_masks)
-
-    def wrap_masks(self, adversary):
-        """Any `(model, x, y) -> x_adv` callable run with the training attack's mask mode (e.g. TRADES' KL
-        adversary); unchanged without a defense."""
-        return adversary if self.name == "none" else _MaskedAttack(adversary, self.attack_masks)
-
-
-class _MaskedAttack:
-    """Calls an attack with every site in a fixed mask mode ("label" conditions on the attacked labels)."""
-
-    def __init__(self, attack, masks: str) -> None:
-        self.attack, self.masks = attack, masks
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.masks == "label":
-            with conditioned(model, y):
-                return self.attack(model, x, y)
-        with mask_mode(model, self.masks):
-            return self.attack(model, x, y)
 
 
 NO_DEFENSE = DefenseSpec()

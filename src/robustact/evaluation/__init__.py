@@ -1,5 +1,8 @@
-"""Evaluation: attack suites over test sets, per-example results, worst case, reports."""
+"""Evaluation: attack suites over test sets, per-example results, worst case, sanity checks, reports, and the
+library calls behind `robustact eval` (`open_run`, `run_eval`)."""
 
-from robustact.evaluation.engine import EvalResult, accuracy_under, evaluate, predict
+from robustact.attacks.result import EvalResult
+from robustact.evaluation.engine import evaluate
+from robustact.evaluation.runner import EvalOptions, OpenedRun, open_run, run_eval
 
-__all__ = ["EvalResult", "accuracy_under", "evaluate", "predict"]
+__all__ = ["EvalOptions", "EvalResult", "OpenedRun", "evaluate", "open_run", "run_eval"]

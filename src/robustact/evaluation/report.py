@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from robustact.evaluation.engine import EvalResult
+from robustact.attacks.result import EvalResult
 from robustact.utils import atomic_write_text
 
 

@@ -26,6 +26,7 @@ from robustact.attacks.base import attack_mode
 from robustact.attacks.fgsm import FGSM
 from robustact.attacks.losses import other_max
 from robustact.attacks.pgd import PGD
+from robustact.attacks.predict import robust_under
 
 Results = Mapping[str, torch.Tensor]
 
@@ -53,14 +54,15 @@ def _batches(n: int, batch_size: int):
     return ((i, min(i + batch_size, n)) for i in range(0, n, batch_size))
 
 
-def robust_under(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Per example: still correctly classified after `attack` (run on every example)."""
-    out = torch.empty(len(y), dtype=torch.bool, device=y.device)
-    for i, j in _batches(len(y), batch_size):
-        x_adv = attack(model, x[i:j], y[i:j])
-        with attack_mode(model, "eval"), torch.no_grad():
-            out[i:j] = model(x_adv).argmax(1) == y[i:j]
-    return out
+def _flag(name: str, fired: bool, value: float, alarm: str, fine: str) -> SanityFlag:
+    return SanityFlag(name, bool(fired), float(value), alarm if fired else fine)
+
+
+def _gap(weaker: torch.Tensor, stronger: torch.Tensor) -> tuple[float, float, int, float]:
+    """(accuracy under the weaker attack, under the stronger, examples only the weaker fooled, the gap)."""
+    a_weak, a_strong = weaker.float().mean().item(), stronger.float().mean().item()
+    only_weak = int((~weaker.bool().cpu() & stronger.bool().cpu()).sum())
+    return a_weak, a_strong, only_weak, a_strong - a_weak
 
 
 # -- (a) -------------------------------------------------------------------------------------------
@@ -84,13 +86,11 @@ def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, thres
             g = g.flatten(1)
             bad += int(((g == 0).all(1) | ~torch.isfinite(g).all(1) | ~torch.isfinite(logits).all(1)).sum())
     share = bad / max(len(y), 1)
-    if share > threshold:
-        msg = (f"{share:.1%} of inputs have zero or non-finite input gradients: gradient masking (a "
-               "non-differentiable or saturating layer). Gradient attacks cannot move these points; use "
-               "BPDA / a differentiable surrogate and trust gradient-free attacks (Square) over PGD here.")
-    else:
-        msg = f"input gradients are non-zero and finite ({share:.1%} bad, threshold {threshold:.1%})"
-    return SanityFlag("zero_or_nan_gradients", share > threshold, share, msg)
+    return _flag("zero_or_nan_gradients", share > threshold, share,
+                 f"{share:.1%} of inputs have zero or non-finite input gradients: gradient masking (a "
+                 "non-differentiable or saturating layer). Gradient attacks cannot move these points; use "
+                 "BPDA / a differentiable surrogate and trust gradient-free attacks (Square) over PGD here.",
+                 f"input gradients are non-zero and finite ({share:.1%} bad, threshold {threshold:.1%})")
 
 
 # -- (b) -------------------------------------------------------------------------------------------
@@ -105,14 +105,11 @@ def check_randomness(model: nn.Module, x: torch.Tensor, *, n_calls: int = 2, tol
             for o, u in zip(outs[1:], unit[1:]):
                 worst = max(worst, float((u - unit[0]).norm(dim=1).max()))
                 changed += int((o.argmax(1) != outs[0].argmax(1)).sum())
-    fired = worst > tol or changed > 0
-    if fired:
-        msg = (f"eval-mode forward passes disagree (max normalised logit difference {worst:.3g}, "
-               f"{changed} predictions changed): the model is randomised. Attack it with EOT (e.g. APGD "
-               "eot_iter=20) and report accuracy over several draws; single-draw gradients are noise.")
-    else:
-        msg = f"the forward pass is deterministic in eval mode (max difference {worst:.2g})"
-    return SanityFlag("randomized_forward", fired, worst, msg)
+    return _flag("randomized_forward", worst > tol or changed > 0, worst,
+                 f"eval-mode forward passes disagree (max normalised logit difference {worst:.3g}, "
+                 f"{changed} predictions changed): the model is randomised. Attack it with EOT (e.g. APGD "
+                 "eot_iter=20) and report accuracy over several draws; single-draw gradients are noise.",
+                 f"the forward pass is deterministic in eval mode (max difference {worst:.2g})")
 
 
 # -- (c) -------------------------------------------------------------------------------------------
@@ -133,14 +130,11 @@ def check_square(results: Results, *, square: str | None = None, gradient: list[
     extra = grad_robust & ~results[square].bool().cpu()
     n = max(grad_robust.numel(), 1)
     share = int(extra.sum()) / n
-    fired = share > tol
-    if fired:
-        msg = (f"Square (gradient-free) fooled {int(extra.sum())} examples ({share:.1%}) that every gradient "
-               f"attack ({', '.join(gradient)}) missed: the gradients are masked or misleading, so the gradient "
-               "attacks overstate robustness. Use an adaptive attack (BPDA, surrogate, aux-aware loss).")
-    else:
-        msg = f"Square found {int(extra.sum())} examples the gradient attacks missed ({share:.1%} <= {tol:.1%})"
-    return SanityFlag("square_beats_gradient", fired, share, msg)
+    return _flag("square_beats_gradient", share > tol, share,
+                 f"Square (gradient-free) fooled {int(extra.sum())} examples ({share:.1%}) that every gradient "
+                 f"attack ({', '.join(gradient)}) missed: the gradients are masked or misleading, so the gradient "
+                 "attacks overstate robustness. Use an adaptive attack (BPDA, surrogate, aux-aware loss).",
+                 f"Square found {int(extra.sum())} examples the gradient attacks missed ({share:.1%} <= {tol:.1%})")
 
 
 # -- (d) -------------------------------------------------------------------------------------------
@@ -150,14 +144,11 @@ def check_large_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
     """(d) Accuracy under PGD (margin loss, `steps` steps) at a large ε, where nothing should survive."""
     acc = robust_under(model, PGD(eps, norm, steps=steps, loss="margin", seed=seed), x, y, batch_size)
     value = acc.float().mean().item()
-    fired = value > threshold
-    if fired:
-        msg = (f"accuracy under PGD-{steps} at ε={eps:.4g} is {value:.1%} (expected ~0): the attack does not "
-               "work at all — masked gradients, a randomised or non-differentiable model, or a bug in the "
-               "attack pipeline (inputs not in [0, 1], normalisation applied twice).")
-    else:
-        msg = f"accuracy at ε={eps:.4g} drops to {value:.1%}"
-    return SanityFlag("large_eps_accuracy", fired, value, msg)
+    return _flag("large_eps_accuracy", value > threshold, value,
+                 f"accuracy under PGD-{steps} at ε={eps:.4g} is {value:.1%} (expected ~0): the attack does not "
+                 "work at all — masked gradients, a randomised or non-differentiable model, or a bug in the "
+                 "attack pipeline (inputs not in [0, 1], normalisation applied twice).",
+                 f"accuracy at ε={eps:.4g} drops to {value:.1%}")
 
 
 # -- (e) -------------------------------------------------------------------------------------------
@@ -174,17 +165,12 @@ def _pgd_budget(name: str) -> tuple[str, int] | None:
 def compare_more_steps(fewer: torch.Tensor, more: torch.Tensor, *, tol: float = 0.01,
                        fewer_name: str = "fewer steps", more_name: str = "more steps") -> SanityFlag:
     """(e) From per-example results: does the bigger attack budget leave *more* examples correct?"""
-    a_few, a_more = fewer.float().mean().item(), more.float().mean().item()
-    only_few = int((~fewer.bool().cpu() & more.bool().cpu()).sum())
-    gap = a_more - a_few
-    fired = gap > tol
-    if fired:
-        msg = (f"{more_name} leaves accuracy at {a_more:.1%}, higher than {fewer_name} ({a_few:.1%}; "
-               f"{only_few} examples fooled only by the weaker attack): more steps or restarts must never help "
-               "the model — the loss landscape misleads the attack (masking) or the model is randomised.")
-    else:
-        msg = f"{more_name} ({a_more:.1%}) is at least as strong as {fewer_name} ({a_few:.1%})"
-    return SanityFlag("more_steps_raise_accuracy", fired, gap, msg)
+    a_few, a_more, only_few, gap = _gap(fewer, more)
+    return _flag("more_steps_raise_accuracy", gap > tol, gap,
+                 f"{more_name} leaves accuracy at {a_more:.1%}, higher than {fewer_name} ({a_few:.1%}; "
+                 f"{only_few} examples fooled only by the weaker attack): more steps or restarts must never help "
+                 "the model — the loss landscape misleads the attack (masking) or the model is randomised.",
+                 f"{more_name} ({a_more:.1%}) is at least as strong as {fewer_name} ({a_few:.1%})")
 
 
 def check_more_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
@@ -201,17 +187,12 @@ def check_more_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps:
 def compare_fgsm_pgd(fgsm: torch.Tensor, pgd: torch.Tensor, *, tol: float = 0.01,
                      pgd_name: str = "PGD") -> SanityFlag:
     """(f) From per-example results: does one-step FGSM leave fewer examples correct than multi-step PGD?"""
-    a_f, a_p = fgsm.float().mean().item(), pgd.float().mean().item()
-    only_fgsm = int((~fgsm.bool().cpu() & pgd.bool().cpu()).sum())
-    gap = a_p - a_f
-    fired = gap > tol
-    if fired:
-        msg = (f"one-step FGSM ({a_f:.1%}) beats {pgd_name} ({a_p:.1%}); {only_fgsm} examples fall to FGSM "
-               "only: iterating makes the attack weaker, the hallmark of gradient masking (the first, large "
-               "step escapes a local trap that small steps cannot).")
-    else:
-        msg = f"{pgd_name} ({a_p:.1%}) is at least as strong as FGSM ({a_f:.1%}; {only_fgsm} FGSM-only examples)"
-    return SanityFlag("fgsm_beats_pgd", fired, gap, msg)
+    a_f, a_p, only_fgsm, gap = _gap(fgsm, pgd)
+    return _flag("fgsm_beats_pgd", gap > tol, gap,
+                 f"one-step FGSM ({a_f:.1%}) beats {pgd_name} ({a_p:.1%}); {only_fgsm} examples fall to FGSM "
+                 "only: iterating makes the attack weaker, the hallmark of gradient masking (the first, large "
+                 "step escapes a local trap that small steps cannot).",
+                 f"{pgd_name} ({a_p:.1%}) is at least as strong as FGSM ({a_f:.1%}; {only_fgsm} FGSM-only examples)")
 
 
 def check_fgsm_vs_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,

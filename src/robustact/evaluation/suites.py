@@ -3,30 +3,30 @@
 A suite builder is `build(model, eps, seed, options) -> dict[name, attack]`, where an attack is anything called
 as `attack(model, x, y) -> x_adv` (a `robustact.attacks.Attack`, or a wrapper that, e.g., fixes the defense's
 masks) and `options` the suite's string options (`robustact eval --suite-opt key=value`; read them with
-`read_options`). Defense modules register theirs with `register_suite("paper", defense="cas")`.
+`read_options`). A defense's protocol module (`protocols/<defense>.py`) registers its suites as
+`register_suite("paper", defense="cas")`; they are imported when first asked for.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 from torch import nn
 
 from robustact.attacks.registry import make_attack
-from robustact.defenses.spec import defense_spec
+from robustact.defenses import defense_spec, list_defenses
 from robustact.errors import RobustactError
+from robustact.registry import Registry
 
 SuiteBuilder = Callable[[nn.Module, float, int, dict], dict]
-_SUITES: dict[tuple[str, str | None], SuiteBuilder] = {}
+PROTOCOLS = {"cas": ("paper", "adaptive"), "ewas": ("paper", "adaptive"), "cifs": ("paper", "adaptive")}
+SUITES: Registry[SuiteBuilder] = Registry("suite", builtin={
+    f"{name}/{defense}": f"robustact.evaluation.protocols.{defense}"
+    for defense, names in PROTOCOLS.items() for name in names})
 
 
 def register_suite(name: str, defense: str | None = None) -> Callable[[SuiteBuilder], SuiteBuilder]:
-    def decorator(build: SuiteBuilder) -> SuiteBuilder:
-        _SUITES[(name, defense)] = build
-        return build
-
-    return decorator
+    return SUITES.register(name if defense is None else f"{name}/{defense}")
 
 
 def read_options(options: dict | None, defaults: dict, suite: str) -> dict:
@@ -69,22 +69,8 @@ register_suite("quick")(_named("quick", ["fgsm", "pgd20"]))
 register_suite("standard")(_named("standard", ["fgsm", "pgd20", "pgd100", "cw30", "aa"]))
 
 
-def _load_protocols(defense: str) -> None:
-    """Defense protocols live beside the defenses; import on demand so they register."""
-    for module in (f"robustact.defenses.{defense}", f"robustact.evaluation.protocols.{defense}"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
 def list_suites() -> list[str]:
-    from robustact.defenses.registry import list_defenses
-
-    for defense in list_defenses():
-        _load_protocols(defense)
-    return sorted({name for name, _ in _SUITES})
+    return sorted({key.split("/")[0] for key in SUITES.names()})
 
 
 def build_suite(name: str, model: nn.Module, eps: float, seed: int = 0, options: dict | None = None,
@@ -99,18 +85,13 @@ def build_suite(name: str, model: nn.Module, eps: float, seed: int = 0, options:
             raise RobustactError(f"--protocol {protocol} on a {defense} model; drop it to use the model's own")
         if name != "paper":
             raise RobustactError("--protocol applies to --suite paper only (adaptive suites need the defense)")
-        from robustact.defenses.registry import list_defenses
-
         if protocol not in list_defenses():
             raise RobustactError(f"unknown protocol {protocol!r}; known: {', '.join(list_defenses())}")
         defense = protocol
-    if defense != "none":
-        _load_protocols(defense)
-    build = _SUITES.get((name, defense)) or _SUITES.get((name, None))
-    if build is None:
-        if name in list_suites():
-            hint = " (for an undefended baseline: --protocol DEFENSE)" if defense == "none" else ""
-            raise RobustactError(f"suite {name!r} is not defined for defense {defense!r}; try quick or "
-                                 f"standard{hint}")
-        raise RobustactError(f"unknown suite {name!r}; known: {', '.join(list_suites())}")
-    return build(model, eps, seed, dict(options or {}))
+    for key in (f"{name}/{defense}", name):
+        if key in SUITES:
+            return SUITES.get(key)(model, eps, seed, dict(options or {}))
+    if name in list_suites():
+        hint = " (for an undefended baseline: --protocol DEFENSE)" if defense == "none" else ""
+        raise RobustactError(f"suite {name!r} is not defined for defense {defense!r}; try quick or standard{hint}")
+    raise RobustactError(f"unknown suite {name!r}; known: {', '.join(list_suites())}")

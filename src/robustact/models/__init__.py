@@ -1,26 +1,39 @@
-"""Architectures behind one registry: `build_model(arch, num_classes=..., defense=..., activation=...)`.
+"""Architectures behind one registry: `create_model(arch, num_classes=..., activation=..., **options)`.
 
 Every model maps images in [0, 1] (N, 3, H, W) to logits (N, K); `features(x)` gives the pooled
 penultimate representation, `classifier_layer()` the final Linear. Defense sites go into the
-`nn.Identity` slots (`site`, `pre_site`, `final_site`, VGG `slots`) without changing state_dict keys.
+`nn.Identity` slots (`site`, `pre_site`, `final_site`, VGG `slots`) without changing state_dict keys;
+`robustact.build_model` (one level up, in `robustact.defenses`) puts them there.
 """
 
-from robustact.models import activations, preact_resnet, resnet, vgg, wideresnet  # noqa: F401  (registers them)
-from robustact.models.layers import (
-    ImageClassifier,
+from robustact.models import preact_resnet, resnet, sparta, vgg, wideresnet  # noqa: F401  (registers them)
+from robustact.models.activations import (
+    LearnableActivation,
+    PSSiLU,
+    activation_spec,
+    learnable_activations,
     list_activations,
     make_activation,
     register_activation,
 )
-from robustact.models.registry import apply_defense, build_model, list_models, register_model
+from robustact.models.layers import ImageClassifier
+from robustact.models.registry import arch_family, check_arch_kwargs, create_model, list_models, register_model
+from robustact.models.sparta import Sparta, transfer_activations
 
 __all__ = [
     "ImageClassifier",
-    "apply_defense",
-    "build_model",
+    "LearnableActivation",
+    "PSSiLU",
+    "Sparta",
+    "activation_spec",
+    "arch_family",
+    "check_arch_kwargs",
+    "create_model",
+    "learnable_activations",
     "list_activations",
     "list_models",
     "make_activation",
     "register_activation",
     "register_model",
+    "transfer_activations",
 ]

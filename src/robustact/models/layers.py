@@ -1,82 +1,15 @@
-"""Building blocks shared by every architecture: the activation registry and the classifier base class.
-
-Every nonlinearity of every network is made by `make_activation`, so a new activation (PSSiLU, Sparta)
-is one `register_activation` call in its own module and reaches all architectures without editing them.
-"""
+"""Building blocks shared by every architecture: the classifier base class, pooling and residual stages.
+(Activations are built by `robustact.models.activations.make_activation`.)"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from robustact.errors import ConfigError, RobustactError
-
-ActivationFactory = Callable[[int], nn.Module]
-
-_ACTIVATIONS: dict[str, ActivationFactory] = {}
-
-
-def register_activation(name: str) -> Callable[[ActivationFactory], ActivationFactory]:
-    """Register `factory(channels) -> nn.Module` under `name`; it must build a new module per call."""
-    key = name.lower()
-
-    def decorator(factory: ActivationFactory) -> ActivationFactory:
-        if key in _ACTIVATIONS:
-            raise ValueError(f"activation {key!r} is already registered")
-        _ACTIVATIONS[key] = factory
-        return factory
-
-    return decorator
-
-
-def list_activations() -> list[str]:
-    """The registered activation names, sorted."""
-    return sorted(_ACTIVATIONS)
-
-
-def check_activation(name: str) -> str:
-    """The canonical (lower-case) name, or ConfigError naming the known ones."""
-    key = name.lower() if isinstance(name, str) else None
-    if key not in _ACTIVATIONS:
-        names = list_activations()
-        base = [n for n in names if "_" not in n]  # variants (sparta_shared_k5_b4, ...) would drown the line
-        extra = len(names) - len(base)
-        variants = f", and {extra} variants like {max(names, key=len)}" if extra else ""
-        raise ConfigError(f"unknown activation {name!r}; known: {', '.join(base)}{variants}")
-    return key
-
-
-def make_activation(name: str, channels: int) -> nn.Module:
-    """A fresh activation module for one site with `channels` channels (each site owns its parameters)."""
-    return _ACTIVATIONS[check_activation(name)](channels)
-
-
-# Built-ins. `inplace=False` everywhere: in-place activations break double backprop (CIFS) and hooks.
-@register_activation("relu")
-def _relu(channels: int) -> nn.Module:
-    return nn.ReLU(inplace=False)
-
-
-@register_activation("silu")
-def _silu(channels: int) -> nn.Module:
-    return nn.SiLU(inplace=False)
-
-
-@register_activation("softplus")
-def _softplus(channels: int) -> nn.Module:
-    return nn.Softplus()
-
-
-@register_activation("gelu")
-def _gelu(channels: int) -> nn.Module:
-    return nn.GELU()
-
-
-@register_activation("elu")
-def _elu(channels: int) -> nn.Module:
-    return nn.ELU(inplace=False)
+from robustact.models.activations import make_activation
 
 
 def _as_channel_values(values: float | Sequence[float], channels: int, what: str) -> list[float]:
@@ -159,14 +92,21 @@ def global_pool(x: torch.Tensor) -> torch.Tensor:
     return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
-def make_stages(block: type[nn.Module], in_planes: int, widths: list[int], num_blocks, activation: str,
-                strides=(1, 2, 2, 2)) -> list[nn.Sequential]:
-    """The four residual stages of a CIFAR ResNet (`layer1..layer4`): `block(in, out, stride, activation)`."""
-    stages = []
-    for planes, blocks, stride in zip(widths, num_blocks, strides):
+def add_resnet_trunk(model: nn.Module, block: type[nn.Module], width: int, num_blocks, activation,
+                     stem_norm: bool) -> int:
+    """Register a CIFAR ResNet trunk on `model`: the 3x3 stem `conv1` (+ `bn1`, `act` when `stem_norm`) and the
+    stages `layer1..layer4` of `block(in, out, stride, activation)` at widths w, 2w, 4w, 8w, strides 1, 2, 2, 2.
+    Returns the last stage's width. (The registration order is the parameters' order: keep it.)"""
+    model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+    if stem_norm:
+        model.bn1 = nn.BatchNorm2d(width)
+        model.act = make_activation(activation, width)
+    in_planes = width
+    for s, (blocks, stride) in enumerate(zip(num_blocks, (1, 2, 2, 2))):
+        planes = width * 2 ** s
         layers = []
-        for s in [stride] + [1] * (blocks - 1):
-            layers.append(block(in_planes, planes, s, activation))
+        for st in [stride] + [1] * (blocks - 1):
+            layers.append(block(in_planes, planes, st, activation))
             in_planes = planes
-        stages.append(nn.Sequential(*layers))
-    return stages
+        setattr(model, f"layer{s + 1}", nn.Sequential(*layers))
+    return in_planes

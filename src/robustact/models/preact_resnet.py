@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustact.models.layers import ImageClassifier, global_pool, make_activation, make_stages
+from robustact.models.activations import make_activation
+from robustact.models.layers import ImageClassifier, add_resnet_trunk, global_pool
 from robustact.models.registry import register_model
 
 
@@ -53,14 +54,11 @@ class PreActResNet(ImageClassifier):
         width: int = 64,
     ) -> None:
         super().__init__()
-        widths = [width, 2 * width, 4 * width, 8 * width]
-        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
-        stages = make_stages(PreActBlock, width, widths, num_blocks, activation)
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.bn = nn.BatchNorm2d(widths[3])
-        self.act = make_activation(activation, widths[3])
+        out = add_resnet_trunk(self, PreActBlock, width, num_blocks, activation, stem_norm=False)
+        self.bn = nn.BatchNorm2d(out)
+        self.act = make_activation(activation, out)
         self.final_site = nn.Identity()
-        self.linear = nn.Linear(widths[3], num_classes)
+        self.linear = nn.Linear(out, num_classes)
 
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
@@ -72,7 +70,7 @@ class PreActResNet(ImageClassifier):
         return self.linear
 
 
-@register_model("preact_resnet18")
+@register_model("preact_resnet18", family="preact_resnet")
 def preact_resnet18(num_classes: int = 10, activation: str = "relu", width: int = 64) -> PreActResNet:
     """PreAct ResNet-18 (fast-AT naming)."""
     return PreActResNet((2, 2, 2, 2), num_classes, activation, width)

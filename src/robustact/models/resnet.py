@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustact.models.layers import ImageClassifier, global_pool, make_activation, make_stages
+from robustact.models.activations import make_activation
+from robustact.models.layers import ImageClassifier, add_resnet_trunk, global_pool
 from robustact.models.registry import register_model
 
 
@@ -53,13 +54,8 @@ class ResNet(ImageClassifier):
         width: int = 64,
     ) -> None:
         super().__init__()
-        widths = [width, 2 * width, 4 * width, 8 * width]
-        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.act = make_activation(activation, width)
-        stages = make_stages(BasicBlock, width, widths, num_blocks, activation)
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.linear = nn.Linear(widths[3] * BasicBlock.expansion, num_classes)
+        out = add_resnet_trunk(self, BasicBlock, width, num_blocks, activation, stem_norm=True)
+        self.linear = nn.Linear(out * BasicBlock.expansion, num_classes)
 
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))
@@ -70,19 +66,19 @@ class ResNet(ImageClassifier):
         return self.linear
 
 
-@register_model("resnet18")
+@register_model("resnet18", family="resnet")
 def resnet18(num_classes: int = 10, activation: str = "relu", width: int = 64) -> ResNet:
     """ResNet-18, CIFAR stem (11.17M parameters at K = 10)."""
     return ResNet((2, 2, 2, 2), num_classes, activation, width)
 
 
-@register_model("resnet34")
+@register_model("resnet34", family="resnet")
 def resnet34(num_classes: int = 10, activation: str = "relu", width: int = 64) -> ResNet:
     """ResNet-34, CIFAR stem; same stage widths as ResNet-18 (Sparta transfer maps stage by stage)."""
     return ResNet((3, 4, 6, 3), num_classes, activation, width)
 
 
-@register_model("resnet_small")
+@register_model("resnet_small", family="resnet")
 def resnet_small(num_classes: int = 10, activation: str = "relu", width: int = 16) -> ResNet:
     """ResNet-18's shape at widths 16-32-64-128: about 1/16 of its FLOPs, for CPU runs and tests."""
     return ResNet((2, 2, 2, 2), num_classes, activation, width)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustact.models.layers import ImageClassifier, global_pool, make_activation
+from robustact.models.activations import make_activation
+from robustact.models.layers import ImageClassifier, global_pool
 from robustact.models.registry import register_model
 
 VGG16_STAGES: tuple[tuple[int, ...], ...] = (
@@ -60,7 +61,7 @@ class VGG(ImageClassifier):
         return self.classifier
 
 
-@register_model("vgg16")
+@register_model("vgg16", family="vgg")
 def vgg16(num_classes: int = 10, activation: str = "relu") -> VGG:
     """VGG-16 with BN (CIFAR variant: 512-d penultimate, one Linear)."""
     return VGG(VGG16_STAGES, num_classes, activation)

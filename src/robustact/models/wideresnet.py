@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from robustact.errors import ConfigError
-from robustact.models.layers import ImageClassifier, global_pool, make_activation
+from robustact.models.activations import make_activation
+from robustact.models.layers import ImageClassifier, global_pool
 from robustact.models.registry import register_model
 
 
@@ -116,7 +117,7 @@ class WideResNet(ImageClassifier):
         return self.fc
 
 
-@register_model("wideresnet")
+@register_model("wideresnet", family="wideresnet")
 def wideresnet(
     num_classes: int = 10,
     activation: str = "relu",
@@ -128,13 +129,13 @@ def wideresnet(
     return WideResNet(depth, widen_factor, num_classes, activation, sub_block1)
 
 
-@register_model("wrn34_10")
+@register_model("wrn34_10", family="wideresnet")
 def wrn34_10(num_classes: int = 10, activation: str = "relu", sub_block1: bool = False) -> WideResNet:
     """WRN-34-10 (46.2M parameters at K = 10): the TRADES / MART / CAS benchmark network."""
     return WideResNet(34, 10, num_classes, activation, sub_block1)
 
 
-@register_model("wrn28_10")
+@register_model("wrn28_10", family="wideresnet")
 def wrn28_10(num_classes: int = 10, activation: str = "relu", sub_block1: bool = False) -> WideResNet:
     """WRN-28-10 (36.5M parameters at K = 10): the network of CIFS' official WRN code."""
     return WideResNet(28, 10, num_classes, activation, sub_block1)

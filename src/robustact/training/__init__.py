@@ -1,4 +1,4 @@
-"""Training: objectives (standard, PGD-AT, TRADES, MART, FGSM-RS), schedules, checkpoints, the trainer."""
+"""Training: objectives (standard, PGD-AT, TRADES, MART, FGSM-RS), schedules and the trainer."""
 
 from robustact.training.objectives import OBJECTIVES, ObjectiveContext, get_objective, mart_loss
 from robustact.training.trainer import Trainer

@@ -15,14 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustact.attacks import FGSM, PGD, attack_mode
+from robustact.attacks import FGSM, PGD, AuxTerm, attack_mode
+from robustact.attacks.wrappers import WithMasks
+from robustact.config import TrainingConfig
 from robustact.defenses.base import aux_logits
 from robustact.defenses.spec import defense_spec
-from robustact.errors import ConfigError
+from robustact.registry import Registry
 
 
 @dataclass
 class ObjectiveContext:
+    """What an objective needs besides the batch: the training attack's settings and the objectives' weights."""
+
     eps: float = 8 / 255
     alpha: float = 2 / 255
     steps: int = 10
@@ -32,6 +36,13 @@ class ObjectiveContext:
     mart_beta: float = 6.0
     fgsm_alpha: float | None = None
     extras: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, training: TrainingConfig) -> ObjectiveContext:
+        atk = training.attack
+        return cls(eps=atk.eps, alpha=atk.alpha if atk.alpha is not None else 2.5 * atk.eps / atk.steps,
+                   steps=atk.steps, random_start=atk.random_start, attack_model_mode=atk.model_mode,
+                   trades_beta=training.trades_beta, mart_beta=training.mart_beta, fgsm_alpha=training.fgsm_alpha)
 
 
 def train_forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -44,14 +55,20 @@ def supervised_loss(model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> 
     return defense_spec(model).compose_loss(model, F.cross_entropy(logits.float(), y), y)
 
 
-def training_attack(model: nn.Module, ctx: ObjectiveContext, loss: str = "ce"):
-    """PGD as the defense wants it in training (its joint loss; eval or label-conditioned masks)."""
+def with_training_masks(model: nn.Module, attack):
+    """`attack` run with the defense's training-attack masks (predicted in eval mode for CAS and CIFS, the
+    label's for EWAS); the attack itself on a plain model."""
     spec = defense_spec(model)
-    return spec.wrap_train_attack(
-        PGD(ctx.eps, steps=ctx.steps, alpha=ctx.alpha, random_start=ctx.random_start,
-            model_mode=ctx.attack_model_mode, extra_loss=spec.train_attack_extra_loss(), loss=loss,
-            seed=None)
-    )
+    return attack if spec.name == "none" else WithMasks(attack, spec.attack_masks)
+
+
+def training_attack(model: nn.Module, ctx: ObjectiveContext, loss: str = "ce"):
+    """PGD as the defense wants it in training: its joint loss (aux-only if the defense says so) and masks."""
+    spec = defense_spec(model)
+    extra = AuxTerm(spec.attack_aux_weight) if spec.attack_aux_weight else None
+    return with_training_masks(model, PGD(
+        ctx.eps, steps=ctx.steps, alpha=ctx.alpha, random_start=ctx.random_start, model_mode=ctx.attack_model_mode,
+        loss="zero" if spec.aux_only_train_attack else loss, extra_loss=extra, seed=None))
 
 
 def standard(model, x, y, ctx):
@@ -69,10 +86,9 @@ def fgsm_rs(model, x, y, ctx):
     """Wong et al. 2020: uniform start in the ε-ball, one step of 1.25ε, projected; train-mode attack."""
     spec = defense_spec(model)
     alpha = ctx.fgsm_alpha if ctx.fgsm_alpha is not None else 1.25 * ctx.eps
-    attack = spec.wrap_train_attack(
-        FGSM(ctx.eps, alpha=alpha, random_start=True, model_mode=ctx.attack_model_mode,
-             extra_loss=spec.train_attack_extra_loss(), seed=None)
-    )
+    extra = AuxTerm(spec.attack_aux_weight) if spec.attack_aux_weight else None
+    attack = with_training_masks(model, FGSM(ctx.eps, alpha=alpha, random_start=True, model_mode=ctx.attack_model_mode,
+                                             extra_loss=extra, seed=None))
     x_adv = attack(model, x, y)
     logits = train_forward(model, x_adv, y)
     return supervised_loss(model, logits, y), logits
@@ -82,32 +98,38 @@ def _kl_sum(logits_adv: torch.Tensor, logits_nat: torch.Tensor) -> torch.Tensor:
     return F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits_nat.float(), 1), reduction="sum")
 
 
-def trades_adversary(model: nn.Module, x: torch.Tensor, ctx: ObjectiveContext, aux_weight: float = 0.0) -> torch.Tensor:
-    """TRADES' inner maximisation: PGD on KL(f(x) || f(x')) from x + 0.001·N(0, 1), model in the attack mode;
+class KLFrom:
+    """TRADES' adversarial loss per example: KL(f(x) ‖ f(x')) summed over classes, f(x) the fixed reference."""
+
+    def __init__(self, logits_nat: torch.Tensor) -> None:
+        self.p_nat = F.softmax(logits_nat.detach().float(), 1)
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(F.log_softmax(logits.float(), 1), self.p_nat, reduction="none").sum(1)
+
+    def __repr__(self) -> str:
+        return "KL(f(x) || f(x'))"
+
+
+def trades_adversary(model: nn.Module, x: torch.Tensor, ctx: ObjectiveContext, aux_weight: float = 0.0,
+                     y: torch.Tensor | None = None) -> torch.Tensor:
+    """TRADES' inner maximisation: PGD on KL(f(x) ‖ f(x')) from x + 0.001·N(0, 1), model in the attack mode;
     with `aux_weight`, plus that weight times the mean KL of the aux heads (CAS / EWAS code)."""
-    with attack_mode(model, ctx.attack_model_mode), torch.enable_grad():
-        with torch.no_grad():
-            logits_nat = model(x)
-            aux_nat = [a.detach() for a in aux_logits(model)]
-        x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
-        for _ in range(ctx.steps):
-            x_adv.requires_grad_(True)
-            loss = _kl_sum(model(x_adv), logits_nat)
-            heads = aux_logits(model)
-            if heads and aux_weight:
-                loss = loss + aux_weight * torch.stack([_kl_sum(a, n) for a, n in zip(heads, aux_nat)]).mean()
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = x_adv.detach() + ctx.alpha * grad.sign()
-            x_adv = torch.min(torch.max(x_adv, x - ctx.eps), x + ctx.eps).clamp(0, 1)
-    return x_adv.detach()
+    with attack_mode(model, ctx.attack_model_mode), torch.no_grad():
+        logits_nat = model(x)
+        aux_nat = aux_logits(model)
+    extra = AuxTerm(aux_weight, "kl", reference=aux_nat) if aux_weight and aux_nat else None
+    attack = PGD(ctx.eps, steps=ctx.steps, alpha=ctx.alpha, random_start=True, start="normal", start_sigma=0.001,
+                 loss=KLFrom(logits_nat), extra_loss=extra, model_mode=ctx.attack_model_mode, seed=None)
+    return attack(model, x, torch.zeros(len(x), dtype=torch.long, device=x.device) if y is None else y)
 
 
 def trades_adversary_two_heads(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                ctx: ObjectiveContext) -> torch.Tensor:
     """`trades_adversary` on both heads with the defense's training-attack masks (predicted in eval mode for
     CAS, the label's for EWAS) and its aux weight."""
-    spec = defense_spec(model)
-    return spec.wrap_masks(lambda m, x_, y_: trades_adversary(m, x_, ctx, spec.attack_aux_weight))(model, x, y)
+    weight = defense_spec(model).attack_aux_weight
+    return with_training_masks(model, lambda m, x_, y_: trades_adversary(m, x_, ctx, weight, y_))(model, x, y)
 
 
 def trades(model, x, y, ctx):
@@ -188,16 +210,11 @@ def mart(model, x, y, ctx):
     return defense_spec(model).compose_loss(model, loss, y), logits_adv
 
 
-OBJECTIVES: dict[str, Callable] = {
-    "standard": standard,
-    "pgd_at": pgd_at,
-    "trades": trades,
-    "mart": mart,
-    "fgsm_rs": fgsm_rs,
-}
+OBJECTIVES: Registry[Callable] = Registry("objective")
+for _name, _fn in (("standard", standard), ("pgd_at", pgd_at), ("trades", trades), ("mart", mart),
+                   ("fgsm_rs", fgsm_rs)):
+    OBJECTIVES.register(_name)(_fn)
 
 
 def get_objective(name: str) -> Callable:
-    if name not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name]
+    return OBJECTIVES.get(name)

@@ -4,30 +4,31 @@ from __future__ import annotations
 
 import math
 
-from robustact.errors import ConfigError
+from robustact.config import ScheduleConfig
+from robustact.fields import parse_options
 
 
-def lr_at(schedule: dict, base_lr: float, epoch_float: float, total_epochs: int) -> float:
+def lr_at(schedule: ScheduleConfig | dict, base_lr: float, epoch_float: float, total_epochs: int) -> float:
     """Learning rate at a (fractional) epoch.
 
     multistep: base·gamma^(#milestones passed); cosine: half-cosine to 0; cyclic: linear 0 → base at
     `warmup_fraction` of training → 0 (the one-cycle of fast AT). `warmup_epochs` adds a linear warm-up.
     """
-    name = schedule.get("name", "multistep")
-    warmup = float(schedule.get("warmup_epochs", 0) or 0)
+    if isinstance(schedule, dict):
+        schedule = parse_options(ScheduleConfig, schedule, "training.schedule")
+    name = schedule.name
+    warmup = schedule.warmup_epochs
     if warmup > 0 and epoch_float < warmup and name != "cyclic":
         return base_lr * epoch_float / warmup
     if name == "multistep":
-        passed = sum(epoch_float >= m for m in schedule.get("milestones", []))
-        return base_lr * float(schedule.get("gamma", 0.1)) ** passed
+        passed = sum(epoch_float >= m for m in schedule.milestones)
+        return base_lr * schedule.gamma ** passed
     if name == "cosine":
         progress = min(max((epoch_float - warmup) / max(total_epochs - warmup, 1e-8), 0.0), 1.0)
         return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
     if name == "cyclic":
-        peak = float(schedule.get("warmup_fraction", 0.5)) * total_epochs
+        peak = schedule.warmup_fraction * total_epochs
         if epoch_float <= peak:
             return base_lr * epoch_float / max(peak, 1e-8)
         return base_lr * max(total_epochs - epoch_float, 0.0) / max(total_epochs - peak, 1e-8)
-    if name == "constant":
-        return base_lr
-    raise ConfigError(f"unknown schedule {name!r}; known: multistep, cosine, cyclic, constant")
+    return base_lr  # constant

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustact.attacks import FGSM, PGD
-from robustact.attacks.adaptive import aux_only_loss, joint_loss
-from robustact.attacks.losses import margin_loss, other_max
-from robustact.defenses.base import aux_logits
+from robustact.attacks import APGD, FGSM, PGD, AutoAttack, AuxTerm
+from robustact.attacks.losses import other_max
+from robustact.attacks.registry import make_attack
+from robustact.attacks.square import Square
 from robustact.defenses.cifs import relevance_gradients
 from robustact.evaluation.suites import positive_int, read_options, register_suite
 
@@ -43,99 +43,54 @@ PAPER_BETA = 2.0
 PAPER_KAPPA = 50.0
 
 
-def joint_margin(beta: float, kappa: float):
-    """Extra loss `(model, logits, y) -> (N,)`: β·mean over probes of the CW margin (κ) — the aux part of the
-    official `joint_CW_loss`."""
-
-    def extra(model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        heads = aux_logits(model)
-        if not heads or beta == 0:
-            return torch.zeros(y.shape[0], device=y.device)
-        return beta * torch.stack([margin_loss(a, y, kappa) for a in heads]).mean(0)
-
-    extra.__name__ = f"joint_margin_beta{beta:g}_kappa{kappa:g}"
-    return extra
-
-
-def top2_switch(beta: float):
-    """Extra loss: β·mean over probes of `other2(s) - s_y`, where other2 is the second-largest probe logit
-    among the classes other than y; ascending it pushes y out of the probe's top-2, so the relevance (and the
-    mask) stop being computed from y's logit."""
-
-    def extra(model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        heads = aux_logits(model)
-        if not heads or beta == 0:
-            return torch.zeros(y.shape[0], device=y.device)
-        terms = []
-        for s in heads:
-            s = s.float()
-            s_y = s.gather(1, y[:, None]).squeeze(1)
-            others = s.masked_fill(F.one_hot(y, s.shape[1]).bool(), float("-inf"))
-            second = others.topk(2, dim=1).values[:, 1]
-            terms.append(second - s_y)
-        return beta * torch.stack(terms).mean(0)
-
-    extra.__name__ = f"top2_switch_beta{beta:g}"
-    return extra
-
-
 class ThroughRelevance:
     """Run `attack` with every CIFS site differentiating through its relevance (`detach_for_mask=False`),
     restoring each site's setting afterwards."""
 
-    def __init__(self, attack, name: str | None = None) -> None:
-        self.attack, self.name = attack, name
+    def __init__(self, attack) -> None:
+        self.attack = attack
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with relevance_gradients(model):
             return self.attack(model, x, y)
 
     def __repr__(self) -> str:
-        return self.name or f"ThroughRelevance({self.attack!r})"
+        return f"{self.attack!r} through the relevance"
 
 
-def _square_cls():
-    from robustact.attacks.square import Square
+class JointSquare(Square):
+    """Square minimising −[CE(final) + β·mean CE(probe)] (the authors' reduced AutoAttack); success and the
+    margin bookkeeping stay on the final logits. The probe logits are those of the forward that produced
+    `logits` (Square calls the model, then this loss)."""
 
-    class JointSquare(Square):
-        """Square minimising −[CE(final) + β·mean CE(probe)] (the authors' reduced AutoAttack); success and
-        the margin bookkeeping stay on the final logits. The probe logits are those of the forward that
-        produced `logits` (Square calls the model, then this loss)."""
+    def __init__(self, eps: float, *, beta: float, **kwargs) -> None:
+        super().__init__(eps, loss="ce", **kwargs)
+        self.aux = AuxTerm(beta)
+        self._model: nn.Module | None = None
 
-        def __init__(self, eps: float, *, beta: float, **kwargs) -> None:
-            super().__init__(eps, loss="ce", **kwargs)
-            self.beta = float(beta)
-            self._model: nn.Module | None = None
+    def perturb(self, model, x, y):
+        self._model = model
+        try:
+            return super().perturb(model, x, y)
+        finally:
+            self._model = None
 
-        def perturb(self, model, x, y):
-            self._model = model
-            try:
-                return super().perturb(model, x, y)
-            finally:
-                self._model = None
+    def _margin_loss(self, logits, y):
+        logits = logits.float()
+        margin = logits.gather(1, y[:, None]).squeeze(1) - other_max(logits, y)
+        loss = F.cross_entropy(logits, y, reduction="none")
+        if self._model is not None:
+            loss = loss + self.aux(self._model, logits, y)
+        return margin, -loss
 
-        def _margin_loss(self, logits, y):
-            logits = logits.float()
-            margin = logits.gather(1, y[:, None]).squeeze(1) - other_max(logits, y)
-            loss = F.cross_entropy(logits, y, reduction="none")
-            heads = aux_logits(self._model) if self._model is not None else []
-            if heads and self.beta:
-                loss = loss + self.beta * torch.stack(
-                    [F.cross_entropy(a.float(), y, reduction="none") for a in heads]).mean(0)
-            return margin, -loss
-
-        def __repr__(self) -> str:
-            return f"JointSquare(eps={self.eps:.5g}, queries={self.n_queries}, beta={self.beta:g})"
-
-    return JointSquare
+    def settings(self):
+        return super().settings() | {"extra": self.aux}
 
 
 def reduced_autoattack(eps: float, seed: int = 0, beta: float = PAPER_BETA, n_queries: int = 5000):
     """APGD-CE (joint CE, 100 steps, 1 restart) then Square (joint CE, `n_queries`), in cascade."""
-    from robustact.attacks import APGD, AutoAttack
-
-    apgd = APGD(eps, loss="ce", steps=100, restarts=1, extra_loss=joint_loss(beta), seed=seed)
-    square = _square_cls()(eps, beta=beta, n_queries=n_queries, p_init=0.8, seed=seed)
+    apgd = APGD(eps, loss="ce", steps=100, restarts=1, extra_loss=AuxTerm(beta), seed=seed)
+    square = JointSquare(eps, beta=beta, n_queries=n_queries, p_init=0.8, seed=seed)
     return AutoAttack(eps, version="custom", attacks={"apgd-ce": apgd, "square": square}, seed=seed)
 
 
@@ -143,13 +98,13 @@ def build_paper(model: nn.Module, eps: float, seed: int = 0, *, beta: float = PA
                 include_aa: bool = True) -> dict:
     """The authors' evaluation (see the module docstring)."""
     step = eps / 10
-    joint = joint_loss(beta)
+    joint = AuxTerm(beta)
     attacks = {
         "fgsm": FGSM(eps, extra_loss=joint, seed=seed),
         "pgd20": PGD(eps, steps=20, alpha=step, random_start=False, extra_loss=joint, seed=seed),
         "pgd100": PGD(eps, steps=100, alpha=step, random_start=False, extra_loss=joint, seed=seed),
         "cw30": PGD(eps, steps=30, alpha=step, random_start=False, loss="margin", kappa=PAPER_KAPPA,
-                    extra_loss=joint_margin(beta, PAPER_KAPPA), seed=seed),
+                    extra_loss=AuxTerm(beta, "margin", kappa=PAPER_KAPPA), seed=seed),
     }
     if include_aa:
         attacks["aa-cifs"] = reduced_autoattack(eps, seed, beta)
@@ -165,18 +120,15 @@ def build_adaptive(model: nn.Module, eps: float, seed: int = 0, *, steps: int = 
 
     attacks = {
         "ce-thru": pgd(),
-        "joint-b2-thru": pgd(extra_loss=joint_loss(2.0)),
-        "joint-b10-thru": pgd(extra_loss=joint_loss(10.0)),
-        "probe-only-thru": pgd(loss=aux_only_loss, extra_loss=joint_loss(1.0, aux_only=True)),
+        "joint-b2-thru": pgd(extra_loss=AuxTerm(2.0)),
+        "joint-b10-thru": pgd(extra_loss=AuxTerm(10.0)),
+        "probe-only-thru": pgd(loss="zero", extra_loss=AuxTerm(1.0)),
         "cw-thru": pgd(loss="margin"),
-        "top2-switch-thru": pgd(extra_loss=top2_switch(2.0)),
+        "top2-switch-thru": pgd(extra_loss=AuxTerm(2.0, "top2-switch")),
     }
-    attacks = {name: ThroughRelevance(a, name=f"{name}: {a!r} through the relevance")
-               for name, a in attacks.items()}
+    attacks = {name: ThroughRelevance(a) for name, a in attacks.items()}
     attacks["ce-detached"] = pgd()  # the control: same attack, official detached relevance
     if include_aa:
-        from robustact.attacks.registry import make_attack
-
         attacks["aa"] = make_attack("aa", eps, seed=seed)
     return attacks
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-import yaml
+import torch
 from torch import nn
 
-from robustact.config import DEFAULTS, deep_merge
+from robustact.checkpoints.weights import load_weights_into, read_weights
+from robustact.config import DEFAULTS, RunConfig, load_run_config
+from robustact.defenses.build import build_model
 from robustact.errors import CheckpointError
-from robustact.models import build_model
-from robustact.training.checkpoint import load_weights_into, read_weights
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, Path | None]:
@@ -32,14 +33,28 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, Pat
     raise CheckpointError(f"{path} is neither a run directory nor a checkpoint file")
 
 
-def run_config(run: Path | None) -> dict:
-    if run is None:
-        return deep_merge(DEFAULTS, {})
-    return deep_merge(DEFAULTS, yaml.safe_load((run / "config.yaml").read_text()) or {})
+def run_config(run: Path | None) -> RunConfig:
+    """The run's stored config, typed; the defaults for a checkpoint outside a run."""
+    return RunConfig.from_mapping(DEFAULTS) if run is None else load_run_config(run / "config.yaml")
+
+
+def stored_build_kwargs(meta: dict[str, str], source: Path) -> dict[str, Any]:
+    """The build arguments a robustact checkpoint carries. An earlier release kept CIFS's `init_from` among the
+    defense options; it only mattered when the run started, so it is dropped here."""
+    try:
+        kwargs = json.loads(meta.get("build_kwargs", "{}"))
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{source}: its metadata 'build_kwargs' is not valid JSON; the file is damaged") from None
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{source}: its metadata 'build_kwargs' is not a mapping; the file is damaged")
+    kwargs.pop("init_from", None)
+    if isinstance(kwargs.get("defense_kwargs"), dict):
+        kwargs["defense_kwargs"] = {k: v for k, v in kwargs["defense_kwargs"].items() if k != "init_from"}
+    return kwargs
 
 
 def load_model(path: str | Path, which: str = "best", arch: str | None = None, num_classes: int | None = None,
-               **build_overrides) -> tuple[nn.Module, dict, Path]:
+               **build_overrides) -> tuple[nn.Module, RunConfig, Path]:
     """Model (eval mode, CPU) with its weights, the run config, and the weights file used.
 
     robustact checkpoints carry their architecture and build arguments; a foreign state_dict (`.pt` loaded
@@ -49,12 +64,11 @@ def load_model(path: str | Path, which: str = "best", arch: str | None = None, n
     tensors, meta = read_weights(weights)
     config = run_config(run)
     if meta.get("format") == "robustact-1":
-        kwargs = json.loads(meta.get("build_kwargs", "{}"))
-        ckpt_arch = meta["arch"]
+        kwargs = stored_build_kwargs(meta, weights)
+        ckpt_arch = meta.get("arch")
         if arch and arch != ckpt_arch:
             raise CheckpointError(f"{weights} holds a '{ckpt_arch}' model, not '{arch}'; drop --arch or pick another")
-        kwargs |= build_overrides
-        model = build_model(ckpt_arch, **kwargs)
+        model = build_model(ckpt_arch, **(kwargs | build_overrides))
     else:
         if not arch:
             raise CheckpointError(f"{weights} carries no robustact metadata; say which network it is with --arch")
@@ -62,3 +76,10 @@ def load_model(path: str | Path, which: str = "best", arch: str | None = None, n
     load_weights_into(model, tensors, str(weights))
     model.eval()
     return model, config, weights
+
+
+def load_source_model(path: str | Path, which: str = "best") -> nn.Module:
+    """A run's or checkpoint's model, built without consuming the caller's RNG stream (so a run that reads a
+    source — init_from, activation_from, a transfer surrogate — starts as it would without it)."""
+    with torch.random.fork_rng(devices=[]):
+        return load_model(path, which=which)[0]

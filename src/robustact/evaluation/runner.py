@@ -1,0 +1,215 @@
+"""Evaluation as a library call: `open_run` (a run or checkpoint as a model plus its test images, ready on a
+device) and `run_eval` (attack it with a suite or a list of attacks, sanity checks, report and resume journal).
+`robustact eval`, `robustact train --eval`, the analyses and `robustact sanity` are thin layers over these."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from robustact.attacks.base import validate_eps
+from robustact.attacks.registry import make_attack, parse_attack_list
+from robustact.attacks.result import EvalResult
+from robustact.checkpoints import load_model
+from robustact.config import RunConfig
+from robustact.data import dataset_info, test_split
+from robustact.errors import RobustactError
+from robustact.evaluation.engine import evaluate
+from robustact.evaluation.journal import EvalJournal, file_digest, journal_path
+from robustact.evaluation.report import write_reports
+from robustact.evaluation.sanity import SanityFlag, run_sanity_checks
+from robustact.evaluation.suites import build_suite
+from robustact.fields import parse_number
+from robustact.utils import get_device, seed_everything
+
+
+@dataclass
+class OpenedRun:
+    """A model ready to attack: eval mode on `device`, with the first n test images of its run's data as float
+    images in [0, 1] (`x`) and labels (`y`) on the same device."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    config: RunConfig
+    weights: Path
+    device: torch.device
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+    @property
+    def images(self) -> str:
+        """What the images are, as reports say it."""
+        classes = self.config.data.classes
+        return f"first {self.n} test images" + (f" of classes {classes}" if classes else "")
+
+
+def _with_test_images(model: nn.Module, config: RunConfig, weights: Path, n: int | None, device: str | None,
+                      data_root: str | None, download: bool) -> OpenedRun:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise RobustactError(f"the number of test images must be a positive integer, got {n!r}")
+    dev = get_device(device or config.device)
+    d = config.data
+    total = dataset_info(d.dataset).num_test
+    if n is not None and n > total:
+        raise RobustactError(f"asked for the first {n} test images but {d.dataset} has {total}; use 1..{total}")
+    x_u8, y = test_split(d.dataset, n, classes=d.classes, root=data_root, download=download or d.download)
+    if n is not None and len(y) < n:
+        raise RobustactError(f"asked for the first {n} test images but classes {d.classes} have {len(y)}")
+    return OpenedRun(model.to(dev), x_u8.to(dev).float().div_(255), y.to(dev), config, weights, dev)
+
+
+def open_run(target: str | Path, which: str = "best", n: int | None = None, device: str | None = None, *,
+             arch: str | None = None, num_classes: int | None = None, data_root: str | None = None,
+             download: bool = False) -> OpenedRun:
+    """Load a run directory or checkpoint and the first `n` test images (all when None) of its data."""
+    model, config, weights = load_model(target, which=which, arch=arch, num_classes=num_classes)
+    return _with_test_images(model, config, weights, n, device, data_root, download)
+
+
+@dataclass
+class EvalOptions:
+    """What `run_eval` runs, and how. Unset values come from the run's config (`eval:` section)."""
+
+    attacks: str | list[str] | None = None   # attack names, e.g. "fgsm,pgd20,cw" (default: the config's)
+    suite: str | None = None                 # quick | standard | paper | adaptive (instead of attacks)
+    suite_options: dict[str, str] = field(default_factory=dict)  # the suite's options (--suite-opt)
+    only: str | list[str] | None = None      # run only these attacks of the suite
+    protocol: str | None = None              # a defense's paper suite on an undefended model
+    cascade: str | list[str] | None = None   # these attacks (or "all") only on examples robust so far
+    n: int | None = None                     # the first n test images (default: the config's, 1000)
+    eps: float | str | None = None           # L-inf radius, pixel units (default: the config's, 8/255)
+    out: str | Path | None = None            # report path (default: RUN/eval/NAME.json; none for a bare file)
+    restart: bool = False                    # discard the journal of an interrupted evaluation
+    which: str = "best"                      # run checkpoint: best (validation) or last
+    arch: str | None = None                  # architecture of a checkpoint without robustact metadata
+    num_classes: int | None = None           # its classes
+    batch_size: int | None = None            # images per attack call (default: the config's, 250)
+    seed: int = 0
+    sanity_n: int = 200                      # sanity checks on the first N images (0: none)
+    progress: bool = True
+    data_root: str | None = None
+    device: str | None = None
+    download: bool = False
+
+
+def _names(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+
+
+def _subset(attacks: dict, names: list[str], flag: str) -> dict:
+    """The attacks named, in the suite's order; an unknown name is an error."""
+    unknown = [n for n in names if n not in attacks]
+    if unknown:
+        raise RobustactError(f"{flag}: no attack {unknown[0]!r} here; the attacks are: {', '.join(attacks)}")
+    return {name: a for name, a in attacks.items() if name in names}
+
+
+def select_attacks(model: nn.Module, eps: float, options: EvalOptions, config: RunConfig) -> dict:
+    """The attacks an evaluation runs: a suite (optionally `only` some), or attacks by name."""
+    if options.suite and options.attacks:
+        raise RobustactError("give --suite or --attacks, not both")
+    if not options.suite and (options.suite_options or options.only or options.protocol):
+        raise RobustactError("--suite-opt, --only and --protocol go with --suite")
+    if options.suite:
+        attacks = build_suite(options.suite, model, eps, seed=options.seed, options=options.suite_options,
+                              protocol=options.protocol)
+        return _subset(attacks, _names(options.only), "--only") if options.only else attacks
+    names = parse_attack_list(options.attacks or config.eval.attacks)
+    return {name: make_attack(name, eps, seed=options.seed) for name in names}
+
+
+def _check(options: EvalOptions) -> None:
+    """Numbers that would silently become other numbers are refused before anything runs."""
+    for key, low in (("n", 1), ("batch_size", 1), ("sanity_n", 0)):
+        value = getattr(options, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise RobustactError(f"--{key.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+    if options.which not in ("best", "last"):
+        raise RobustactError(f"--which must be best or last, got {options.which!r}")
+
+
+def report_path(options: EvalOptions, weights: Path) -> Path | None:
+    if options.out:
+        return Path(options.out)
+    if weights.parent.name != "checkpoints":
+        return None
+    stem = f"{options.suite}-{options.protocol}" if options.protocol else (options.suite or "eval")
+    return weights.parent.parent / "eval" / f"{stem}.json"
+
+
+def run_eval(target: str | Path, options: EvalOptions | None = None) -> EvalResult:
+    """Evaluate a run directory or checkpoint; the report (JSON + Markdown) is written to `result.meta["report"]`
+    when there is a place for it, and an interrupted evaluation resumes from its journal there."""
+    options = options or EvalOptions()
+    _check(options)
+    model, config, weights = load_model(target, which=options.which, arch=options.arch,
+                                        num_classes=options.num_classes)
+    eps = validate_eps(parse_number(options.eps if options.eps is not None else config.eval.eps))
+    attacks = select_attacks(model, eps, options, config)
+    cascade_names = list(attacks) if options.cascade == "all" else _names(options.cascade)
+    cascade = list(_subset(attacks, cascade_names, "--cascade"))
+    seed_everything(options.seed)
+    run = _with_test_images(model, config, weights, options.n or config.eval.n, options.device, options.data_root,
+                            options.download)
+    batch_size = options.batch_size or config.eval.batch_size
+    out = report_path(options, weights)
+    journal = None
+    if out is not None:
+        settings = {"checkpoint_sha256": file_digest(weights), "dataset": config.data.dataset,
+                    "images": run.images, "suite": options.suite, "protocol": options.protocol,
+                    "suite_options": [f"{k}={v}" for k, v in options.suite_options.items()],
+                    "attacks": {k: repr(a) for k, a in attacks.items()}, "cascade": cascade, "eps": eps,
+                    "seed": options.seed, "batch_size": batch_size}
+        journal = EvalJournal(journal_path(out), settings, restart=options.restart)
+        if journal.resumed:
+            print(f"resuming the evaluation in {journal.path}: {journal.describe()}", file=sys.stderr)
+    result = evaluate(run.model, run.x, run.y, attacks, eps=eps, batch_size=batch_size, progress=options.progress,
+                      seed=options.seed, only_robust=cascade, journal=journal)
+    if options.sanity_n:
+        m = min(options.sanity_n, run.n)
+        subset = {name: r[:m] for name, r in result.robust.items()}
+        flags = run_sanity_checks(run.model, run.x[:m], run.y[:m], subset, eps=eps, seed=options.seed)
+        result.sanity = [asdict(f) | {"n": m} for f in flags]
+    result.meta = {"checkpoint": str(weights), "dataset": config.data.dataset, "images": run.images,
+                   "device": str(run.device), "torch": torch.__version__}
+    if out is not None:
+        write_reports(result, out, result.meta, title=f"Evaluation of {weights}")
+        journal.remove()
+        result.meta["report"] = str(out)
+    return result
+
+
+def sanity_from_reports(target: str | Path, reports: list[str | Path], which: str = "best",
+                        data_root: str | None = None, device: str | None = None, seed: int = 0) -> list[SanityFlag]:
+    """Gradient-masking red flags (`robustact.evaluation.sanity`) for a run, from the per-example results of its
+    `robustact eval` reports (paper and adaptive; the per-attack results must be independent runs, which
+    `robustact eval` gives), on the test images all reports cover (0..min n - 1)."""
+    from robustact.evaluation.compare import load_report
+
+    loaded = [(Path(path), load_report(Path(path))) for path in reports]
+    if not loaded:
+        raise RobustactError("no reports given")
+    n = min(data["n"] for _, data in loaded)  # reports cover test images 0..n-1: compare on the shared prefix
+    results: dict = {}
+    for path, data in loaded:
+        for name, flags in data.get("per_example", {}).items():
+            if name not in ("clean", "worst_case"):
+                results[name if name not in results else f"{path.stem}:{name}"] = torch.tensor(flags[:n]).bool()
+    run = open_run(target, which, n, device, data_root=data_root)
+    return run_sanity_checks(run.model, run.x, run.y, results, seed=seed)
+
+
+def write_flags(flags: list[SanityFlag], path: str | Path) -> None:
+    from robustact.utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps([f.to_dict() for f in flags], indent=1))
