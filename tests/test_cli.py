@@ -217,3 +217,22 @@ def test_bench_with_activations():
     assert [r[0] for r in rows] == ["resnet_small/relu", "resnet_small/sparta"]
     assert all(float(v) > 0 for r in rows for v in r[1:4])
     assert_one_line_error(run_cli("bench", "--activations", "relu,swish2"), "unknown activation 'swish2'", "sparta")
+
+
+@requires_cifar
+def test_sanity_command_reads_per_example_results_of_reports(small_checkpoint, tmp_path):
+    """`robustact sanity RUN REPORT...` (was `python -m robustact.evaluation.protocols.cas sanity`): the
+    comparisons of FGSM with PGD use the reports' per-example results on their shared images."""
+    from robustact.cli import main
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["eval", str(small_checkpoint), "--attacks", "fgsm", "--n", "12", "--sanity-n", "0", "--out",
+                 str(a), "--no-progress"]) == 0
+    assert main(["eval", str(small_checkpoint), "--attacks", "pgd5", "--n", "8", "--sanity-n", "0", "--out",
+                 str(b), "--no-progress"]) == 0
+    flags_path = tmp_path / "flags.json"
+    assert main(["sanity", str(small_checkpoint), str(a), str(b), "--out", str(flags_path)]) == 0
+    flags = {f["name"]: f for f in json.loads(flags_path.read_text())}
+    assert {"zero_or_nan_gradients", "randomized_forward", "large_eps_accuracy", "fgsm_beats_pgd"} <= set(flags)
+    assert "pgd5" in flags["fgsm_beats_pgd"]["message"]  # compared with the report's PGD, not one of its own
+    assert_one_line_error(run_cli("sanity", str(small_checkpoint), str(tmp_path / "none.json")), "no report")

@@ -136,20 +136,9 @@ class APGD(Attack):
             return grad.sign()
         return grad / (self._l2(grad) + 1e-12)
 
-    def _single_run(self, model, x, y, target, gen):
-        """One APGD run: (point per example, fooled?, best loss). Fooled examples leave the batch."""
-        n, steps = x.shape[0], self.steps
-        k, k_min, k_decr = _checkpoint_lengths(steps)
-        x_adv = self._start(x, gen)
-        logits, loss, grad = self._grad(model, x_adv, y, target)
-        fooled = self.fooled(logits, y)
-
-        # outputs for the whole batch; rows are written when an example leaves or at the end
-        out_x = torch.empty_like(x)
-        out_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
-        out_loss = torch.empty(n, device=x.device)
-
-        # state of the examples still in the batch (all indexed by active row)
+    def _initial_state(self, x, y, x_adv, loss, grad, fooled, target) -> dict[str, torch.Tensor]:
+        """The per-example state of one run, every entry indexed by active row (rows leave when fooled)."""
+        n = x.shape[0]
         s = {
             "idx": torch.arange(n, device=x.device),
             "x": x, "y": y, "x_adv": x_adv, "x_old": x_adv.clone(), "grad": grad,
@@ -157,11 +146,62 @@ class APGD(Attack):
             "x_best_adv": x_adv.clone(), "fooled": fooled,
             "step": torch.full((n,), 2.0 * self.eps, device=x.device),
             # loss history; row -1 (still zero at the first checkpoint) is compared as the official code does
-            "loss_steps": torch.zeros(n, steps, device=x.device),
+            "loss_steps": torch.zeros(n, self.steps, device=x.device),
             "best_at_check": loss.clone(), "reduced": torch.ones(n, dtype=torch.bool, device=x.device),
         }
         if target is not None:
             s["target"] = target
+        return s
+
+    @torch.no_grad()
+    def _momentum_step(self, s: dict, proj, i: int) -> torch.Tensor:
+        """The next iterate: a projected step along the gradient direction, mixed with the last move."""
+        x_adv, x0 = s["x_adv"], s["x"]
+        momentum = x_adv - s["x_old"]
+        s["x_old"] = x_adv
+        a = 0.75 if i > 0 else 1.0
+        z = proj(x_adv + self._view(s["step"], x0) * self._direction(s["grad"]), x0)
+        return proj(x_adv + (z - x_adv) * a + momentum * (1 - a), x0)
+
+    @torch.no_grad()
+    def _record(self, s: dict, i: int, x_adv, logits, loss, grad) -> None:
+        """Keep the first misclassified point, the loss history, and the best-loss point and its gradient."""
+        x0 = s["x"]
+        now = self.fooled(logits, s["y"])
+        s["x_best_adv"] = torch.where(self._view(now, x0), x_adv, s["x_best_adv"])
+        s["fooled"] = s["fooled"] | now
+        s["loss_steps"][:, i] = loss
+        better = loss > s["loss_best"]
+        b4 = self._view(better, x0)
+        s["x_best"] = torch.where(b4, x_adv, s["x_best"])
+        s["grad_best"] = torch.where(b4, grad, s["grad_best"])
+        s["loss_best"] = torch.where(better, loss, s["loss_best"])
+
+    @torch.no_grad()
+    def _checkpoint(self, s: dict, i: int, k: int, x_adv, grad):
+        """At a checkpoint: halve the step of the examples that stalled and send them back to their best
+        point (and its gradient); returns the iterate and gradient to continue from."""
+        cols = torch.arange(i - k + 1, i + 1, device=x_adv.device)  # index -1 wraps, as the official code
+        hist = s["loss_steps"]
+        rises = (hist[:, cols] > hist[:, cols - 1]).sum(1)
+        halve = (rises <= k * self.rho) | (~s["reduced"] & (s["best_at_check"] >= s["loss_best"]))
+        s["reduced"] = halve
+        s["best_at_check"] = s["loss_best"].clone()
+        s["step"] = torch.where(halve, s["step"] / 2, s["step"])
+        h4 = self._view(halve, s["x"])
+        return torch.where(h4, s["x_best"], x_adv), torch.where(h4, s["grad_best"], grad)
+
+    def _single_run(self, model, x, y, target, gen):
+        """One APGD run: (point per example, fooled?, best loss). Fooled examples leave the batch."""
+        n, steps = x.shape[0], self.steps
+        k, k_min, k_decr = _checkpoint_lengths(steps)
+        x_adv = self._start(x, gen)
+        logits, loss, grad = self._grad(model, x_adv, y, target)
+        s = self._initial_state(x, y, x_adv, loss, grad, self.fooled(logits, y), target)
+        # outputs for the whole batch; rows are written when an example leaves or at the end
+        out_x = torch.empty_like(x)
+        out_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+        out_loss = torch.empty(n, device=x.device)
         proj = self._projector(x)
 
         def flush(rows: torch.Tensor) -> None:
@@ -185,47 +225,19 @@ class APGD(Attack):
 
         if not compact():
             return out_x, out_fooled, out_loss
-
         counter = 0
         for i in range(steps):
-            with torch.no_grad():
-                x_adv, x0 = s["x_adv"], s["x"]
-                momentum = x_adv - s["x_old"]
-                s["x_old"] = x_adv
-                a = 0.75 if i > 0 else 1.0
-                step = self._view(s["step"], x0)
-                z = proj(x_adv + step * self._direction(s["grad"]), x0)
-                x_adv = proj(x_adv + (z - x_adv) * a + momentum * (1 - a), x0)
+            x_adv = self._momentum_step(s, proj, i)
             logits, loss, grad = self._grad(model, x_adv, s["y"], s.get("target"))
-            with torch.no_grad():
-                now = self.fooled(logits, s["y"])
-                s["x_best_adv"] = torch.where(self._view(now, x0), x_adv, s["x_best_adv"])
-                s["fooled"] = s["fooled"] | now
-                s["loss_steps"][:, i] = loss
-                better = loss > s["loss_best"]
-                b4 = self._view(better, x0)
-                s["x_best"] = torch.where(b4, x_adv, s["x_best"])
-                s["grad_best"] = torch.where(b4, grad, s["grad_best"])
-                s["loss_best"] = torch.where(better, loss, s["loss_best"])
-
-                counter += 1
-                if counter == k:
-                    # share of increasing steps since the last checkpoint (index -1 wraps like the official)
-                    cols = torch.arange(i - k + 1, i + 1, device=x.device)
-                    hist = s["loss_steps"]
-                    rises = (hist[:, cols] > hist[:, cols - 1]).sum(1)
-                    halve = (rises <= k * self.rho) | (~s["reduced"] & (s["best_at_check"] >= s["loss_best"]))
-                    s["reduced"] = halve
-                    s["best_at_check"] = s["loss_best"].clone()
-                    s["step"] = torch.where(halve, s["step"] / 2, s["step"])
-                    h4 = self._view(halve, x0)
-                    x_adv = torch.where(h4, s["x_best"], x_adv)
-                    grad = torch.where(h4, s["grad_best"], grad)
-                    k = max(k - k_decr, k_min)
-                    counter = 0
-                s["x_adv"], s["grad"] = x_adv, grad
-                if (i + 1) % self.compact_every == 0 and i + 1 < steps and not compact():
-                    return out_x, out_fooled, out_loss
+            self._record(s, i, x_adv, logits, loss, grad)
+            counter += 1
+            if counter == k:
+                x_adv, grad = self._checkpoint(s, i, k, x_adv, grad)
+                k = max(k - k_decr, k_min)
+                counter = 0
+            s["x_adv"], s["grad"] = x_adv, grad
+            if (i + 1) % self.compact_every == 0 and i + 1 < steps and not compact():
+                return out_x, out_fooled, out_loss
         flush(torch.arange(s["idx"].numel(), device=x.device))
         return out_x, out_fooled, out_loss
 

@@ -144,25 +144,52 @@ class FAB(Attack):
                 robust[idx[ok]] = False
         return out
 
+    def _random_start(self, x0: torch.Tensor, gen) -> torch.Tensor:
+        """A point at distance ε/2 in a random direction (restarts after the first), inside [0, 1]."""
+        view = (-1,) + (1,) * (x0.dim() - 1)
+        if self.norm == "Linf":
+            t = torch.rand(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype) * 2 - 1
+            t = t / t.flatten(1).abs().amax(1).view(view)
+        else:
+            t = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+            t = t / t.flatten(1).norm(dim=1).view(view)
+        return (x0 + 0.5 * self.eps * t).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def _step(self, model, s: dict, f: torch.Tensor, g: torch.Tensor) -> None:
+        """Project the iterate and the clean point onto the linearised boundary, step to a convex combination
+        biased toward the clean point; keep the closest adversarial point; pull adversarial iterates back."""
+        x0a, x1 = s["x0"], s["x1"]
+        m = x1.shape[0]
+        view = (-1,) + (1,) * (x1.dim() - 1)
+        if f.shape[1] > 1:
+            j = (f.abs() / (self._dual(g) + 1e-12)).argmin(1)
+            f = f.gather(1, j[:, None]).squeeze(1)
+            w = g[torch.arange(m, device=g.device), j]
+        else:
+            f, w = f[:, 0], g[:, 0]
+        x1f = x1.flatten(1)
+        b = (w * x1f).sum(1) - f
+        d = hyperplane_projection(torch.cat((x1f, x0a.flatten(1))), torch.cat((w, w)), torch.cat((b, b)), self.norm)
+        a = self._dist(d).clamp_min(1e-8)
+        alpha = (a[:m] / (a[:m] + a[m:])).clamp(0.0, self.alpha_max).view(view)
+        d1, d2 = d[:m].view_as(x1), d[m:].view_as(x1)
+        x1 = ((x1 + self.eta * d1) * (1 - alpha) + (x0a + self.eta * d2) * alpha).clamp(0.0, 1.0)
+        is_adv = self.forward(model, x1).argmax(1) != s["y"]
+        dist = self._dist(x1 - x0a)
+        closer = is_adv & (dist < s["dist"])
+        s["best"] = torch.where(closer.view(view), x1, s["best"])
+        s["dist"] = torch.where(closer, dist, s["dist"])
+        s["x1"] = torch.where(is_adv.view(view), x0a + (x1 - x0a) * self.beta, x1)
+
     def _single_run(self, model, x0, y, target, rand_start, gen):
         """Minimal-distance search from x0 (all correctly classified); the closest adversarial point found,
         or x0 where none was found."""
         n = x0.shape[0]
-        view = (-1,) + (1,) * (x0.dim() - 1)
-        x1 = x0
-        if rand_start:
-            if self.norm == "Linf":
-                t = torch.rand(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype) * 2 - 1
-                t = t / t.flatten(1).abs().amax(1).view(view)
-            else:
-                t = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
-                t = t / t.flatten(1).norm(dim=1).view(view)
-            x1 = (x0 + 0.5 * self.eps * t).clamp(0.0, 1.0)
-
         best = x0.clone()
         best_dist = torch.full((n,), float("inf"), device=x0.device)
-        s = {"idx": torch.arange(n, device=x0.device), "x0": x0, "x1": x1, "y": y,
-             "best": best.clone(), "dist": best_dist.clone()}
+        s = {"idx": torch.arange(n, device=x0.device), "x0": x0, "x1": self._random_start(x0, gen) if rand_start
+             else x0, "y": y, "best": best.clone(), "dist": best_dist.clone()}
         if target is not None:
             s["target"] = target
 
@@ -173,38 +200,16 @@ class FAB(Attack):
 
         for it in range(self.steps):
             f, g = self._linearise(model, s["x1"], s["y"], s.get("target"))
-            with torch.no_grad():
-                x0a, x1 = s["x0"], s["x1"]
-                m = x1.shape[0]
-                if f.shape[1] > 1:
-                    j = (f.abs() / (self._dual(g) + 1e-12)).argmin(1)
-                    f = f.gather(1, j[:, None]).squeeze(1)
-                    w = g[torch.arange(m, device=g.device), j]
-                else:
-                    f, w = f[:, 0], g[:, 0]
-                x1f = x1.flatten(1)
-                b = (w * x1f).sum(1) - f
-                d = hyperplane_projection(torch.cat((x1f, x0a.flatten(1))), torch.cat((w, w)),
-                                          torch.cat((b, b)), self.norm)
-                a = self._dist(d).clamp_min(1e-8)
-                alpha = (a[:m] / (a[:m] + a[m:])).clamp(0.0, self.alpha_max).view(view)
-                d1, d2 = d[:m].view_as(x1), d[m:].view_as(x1)
-                x1 = ((x1 + self.eta * d1) * (1 - alpha) + (x0a + self.eta * d2) * alpha).clamp(0.0, 1.0)
-                is_adv = self.forward(model, x1).argmax(1) != s["y"]
-                dist = self._dist(x1 - x0a)
-                closer = is_adv & (dist < s["dist"])
-                s["best"] = torch.where(closer.view(view), x1, s["best"])
-                s["dist"] = torch.where(closer, dist, s["dist"])
-                s["x1"] = torch.where(is_adv.view(view), x0a + (x1 - x0a) * self.beta, x1)
-                if self.early_stop and (it + 1) % self.compact_every == 0 and it + 1 < self.steps:
-                    settled = s["dist"] <= self.eps
-                    if bool(settled.any()):
-                        flush(settled.nonzero().flatten())
-                        rows = (~settled).nonzero().flatten()
-                        for key in list(s):
-                            s[key] = s[key][rows]
-                        if rows.numel() == 0:
-                            return best
+            self._step(model, s, f, g)
+            if self.early_stop and (it + 1) % self.compact_every == 0 and it + 1 < self.steps:
+                settled = s["dist"] <= self.eps
+                if bool(settled.any()):
+                    flush(settled.nonzero().flatten())
+                    rows = (~settled).nonzero().flatten()
+                    for key in list(s):
+                        s[key] = s[key][rows]
+                    if rows.numel() == 0:
+                        return best
         flush(torch.arange(s["idx"].numel(), device=x0.device))
         return best
 

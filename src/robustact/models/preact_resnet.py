@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from robustact.models.activations import make_activation
-from robustact.models.layers import ImageClassifier, add_resnet_trunk, global_pool
+from robustact.models.layers import global_pool
 from robustact.models.registry import register_model
+from robustact.models.resnet import ResNet
 
 
 class PreActBlock(nn.Module):
@@ -43,22 +44,17 @@ class PreActBlock(nn.Module):
         return self.site(out + shortcut)
 
 
-class PreActResNet(ImageClassifier):
+class PreActResNet(ResNet):
     """Stem conv, four PreAct stages, final bn-act; `final_site` sees that before pooling."""
 
-    def __init__(
-        self,
-        num_blocks: tuple[int, int, int, int],
-        num_classes: int = 10,
-        activation: str = "relu",
-        width: int = 64,
-    ) -> None:
-        super().__init__()
-        out = add_resnet_trunk(self, PreActBlock, width, num_blocks, activation, stem_norm=False)
-        self.bn = nn.BatchNorm2d(out)
-        self.act = make_activation(activation, out)
+    block = PreActBlock
+    stem_norm = False
+
+    def add_head(self, channels: int, num_classes: int, activation: str) -> None:
+        self.bn = nn.BatchNorm2d(channels)
+        self.act = make_activation(activation, channels)
         self.final_site = nn.Identity()
-        self.linear = nn.Linear(out, num_classes)
+        self.linear = nn.Linear(channels, num_classes)
 
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
@@ -66,8 +62,6 @@ class PreActResNet(ImageClassifier):
         out = self.final_site(self.act(self.bn(out)))
         return global_pool(out)
 
-    def classifier_layer(self) -> nn.Linear:
-        return self.linear
 
 
 @register_model("preact_resnet18", family="preact_resnet")

@@ -44,18 +44,20 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(ImageClassifier):
-    """Four stages of BasicBlocks at strides 1, 2, 2, 2 and widths w, 2w, 4w, 8w."""
+    """Four stages of BasicBlocks at strides 1, 2, 2, 2 and widths w, 2w, 4w, 8w. Subclasses change the block,
+    the stem (`stem_norm`) and what follows the last stage (`add_head`)."""
 
-    def __init__(
-        self,
-        num_blocks: tuple[int, int, int, int],
-        num_classes: int = 10,
-        activation: str = "relu",
-        width: int = 64,
-    ) -> None:
+    block: type[nn.Module] = BasicBlock
+    stem_norm = True
+
+    def __init__(self, num_blocks: tuple[int, int, int, int], num_classes: int = 10, activation: str = "relu",
+                 width: int = 64) -> None:
         super().__init__()
-        out = add_resnet_trunk(self, BasicBlock, width, num_blocks, activation, stem_norm=True)
-        self.linear = nn.Linear(out * BasicBlock.expansion, num_classes)
+        out = add_resnet_trunk(self, self.block, width, num_blocks, activation, stem_norm=self.stem_norm)
+        self.add_head(out, num_classes, activation)
+
+    def add_head(self, channels: int, num_classes: int, activation: str) -> None:
+        self.linear = nn.Linear(channels, num_classes)
 
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))
