@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed
-	@if [ -f $(RUN)/checkpoints/last.json ]; then \
+	@if [ -f $(RUN)/config.yaml ]; then \
 		$(BIN)/robustact train --resume $(RUN) --no-progress; \
 	else \
 		$(BIN)/robustact train --preset demo --out $(RUN) --no-progress; \
@@ -30,7 +30,7 @@ demo: $(VENV)/.installed
 
 # The same network and budget without adversarial training (the baseline the demo is compared with).
 demo-baseline: $(VENV)/.installed
-	@if [ -f runs/demo-standard/checkpoints/last.json ]; then \
+	@if [ -f runs/demo-standard/config.yaml ]; then \
 		$(BIN)/robustact train --resume runs/demo-standard --no-progress; \
 	else \
 		$(BIN)/robustact train --preset demo-standard --out runs/demo-standard --no-progress; \

@@ -67,3 +67,26 @@ def autoattack_resnet18():
     model = build_model("resnet18")
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
+
+
+def write_tiny_cifar(root: Path, n_train: int = 20, n_test: int = 40, seed: int = 0) -> Path:
+    """A CIFAR-10 folder in the official python-batches layout with `n_train` images per training batch:
+    runs that train in a second, for tests that train many times (resume, fault injection)."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in [*((f"data_batch_{i}", n_train) for i in range(1, 6)), ("test_batch", n_test)]:
+        labels = [int(v) for v in rng.integers(0, 10, n)]
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        (folder / name).write_bytes(pickle.dumps({"data": data, "labels": labels}, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}, protocol=2))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory) -> Path:
+    return write_tiny_cifar(tmp_path_factory.mktemp("tiny-cifar"))

@@ -17,6 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "robustact"
 # Module prefix -> layer (the longest prefix wins). `robustact` itself is its public face: the top.
 LAYER_OF = {
     "robustact.errors": "base", "robustact.utils": "base", "robustact.registry": "base", "robustact.fields": "base",
+    "robustact.fileio": "base",
     "robustact.data": "data",
     "robustact.models": "models",
     "robustact.defenses": "defenses",

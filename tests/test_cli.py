@@ -203,7 +203,9 @@ def test_an_interrupted_eval_resumes_from_its_journal(tmp_path, monkeypatch, cap
     resumed, fresh = json.loads(out.read_text()), json.loads(reference.read_text())
     assert resumed["per_example"] == fresh["per_example"]
     cheap = ["eval", str(small_checkpoint), "--attacks", "fgsm", "--n", "8", "--sanity-n", "0", "--out", str(out)]
-    assert main(cheap) == 0  # no journal left behind: a new evaluation may reuse the path
+    assert main(cheap) == 2  # the finished report of another evaluation is not silently replaced ...
+    assert "holds the report of another evaluation" in capsys.readouterr().err
+    assert main([*cheap, "--overwrite"]) == 0  # ... unless asked to; no journal was left behind
     (tmp_path / "r.partial.json").write_text(json.dumps({"settings": {"eps": 1}, "attacks": {}}))
     assert_one_line_error(run_cli(*cheap), "other settings", "--restart")
     assert main([*cheap, "--restart"]) == 0

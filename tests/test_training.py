@@ -53,14 +53,16 @@ def straight_run(tmp_path_factory):
 
 def test_run_directory_layout(straight_run):
     files = {p.relative_to(straight_run).as_posix() for p in straight_run.rglob("*") if p.is_file()}
-    assert {"config.yaml", "metrics.jsonl", "checkpoints/last.safetensors", "checkpoints/last.state.safetensors",
-            "checkpoints/last.json", "checkpoints/best.safetensors", "checkpoints/best.json"} <= files
+    assert {"config.yaml", "metrics.jsonl", "checkpoints/last/model.safetensors", "checkpoints/last/state.safetensors",
+            "checkpoints/last/info.json", "checkpoints/last/manifest.json", "checkpoints/best/model.safetensors",
+            "checkpoints/best/info.json"} <= files
+    assert not any(".tmp" in f or f.endswith(".old") for f in files)  # no leftovers of the atomic writes
     records = [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     for r in records:
         assert {"train_loss", "train_acc", "val_clean_acc", "val_pgd2_acc", "train_images_per_s"} <= set(r)
         assert not any(k.startswith("test_") for k in r)  # no test-set selection by default
-    best = json.loads((straight_run / "checkpoints" / "best.json").read_text())
+    best = json.loads((straight_run / "checkpoints" / "best" / "info.json").read_text())
     assert best["selected_on"] == "val"
     assert best["metric"] == max(r["val_pgd2_acc"] for r in records)
 
@@ -69,12 +71,12 @@ def test_resume_ends_with_the_same_weights(straight_run, tmp_path):
     out = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         StopAfter(tiny_config(), out, progress=False).fit()
-    assert json.loads((out / "checkpoints" / "last.json").read_text())["epoch"] == 1
+    assert json.loads((out / "checkpoints" / "last" / "info.json").read_text())["epoch"] == 1
     with pytest.raises(RobustactError, match="--resume"):
         Trainer(tiny_config(), out, progress=False)  # never silently overwrite a run
     Trainer.resume(out, progress=False).fit()
-    a = load_file(straight_run / "checkpoints" / "last.safetensors")
-    b = load_file(out / "checkpoints" / "last.safetensors")
+    a = load_file(straight_run / "checkpoints" / "last" / "model.safetensors")
+    b = load_file(out / "checkpoints" / "last" / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -84,7 +86,7 @@ def test_resume_ends_with_the_same_weights(straight_run, tmp_path):
 
 def test_checkpoint_roundtrip_and_wrong_architecture(straight_run):
     model, config, weights = load_model(straight_run, which="last")
-    assert weights.name == "last.safetensors" and config.model.arch == "resnet_small"
+    assert weights.parent.name == "last" and config.model.arch == "resnet_small"
     assert not model.training
     from robustact import build_model
 
@@ -99,7 +101,7 @@ def test_select_on_test_is_explicit(tmp_path):
     Trainer(tiny_config("training.epochs=1", "training.select_on_test=true"), out, progress=False).fit()
     record = json.loads((out / "metrics.jsonl").read_text())
     assert "test_pgd2_acc" in record
-    assert json.loads((out / "checkpoints" / "best.json").read_text())["selected_on"] == "test"
+    assert json.loads((out / "checkpoints" / "best" / "info.json").read_text())["selected_on"] == "test"
 
 
 def test_label_mask_defense_records_the_aux_heads_accuracy(tmp_path, straight_run):
@@ -130,7 +132,7 @@ def test_activation_weight_decay_reaches_the_optimizer_and_survives_resume(tmp_p
 def test_init_from_seeds_a_defended_model_from_a_plain_run(straight_run, tmp_path):
     import shutil
 
-    src = load_file(straight_run / "checkpoints" / "best.safetensors")
+    src = load_file(straight_run / "checkpoints" / "best" / "model.safetensors")
     out = tmp_path / "cas"
     moved = tmp_path / "source"  # the init run is needed to start, not to resume
     shutil.copytree(straight_run, moved)

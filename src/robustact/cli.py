@@ -76,6 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options = EvalOptions(
         attacks=args.attacks, suite=args.suite, suite_options=parse_options(args.suite_opt or []), only=args.only,
         protocol=args.protocol, cascade=args.cascade, n=args.n, eps=args.eps, out=args.out, restart=args.restart,
+        overwrite=args.overwrite,
         which=args.which, arch=args.arch, num_classes=args.num_classes, batch_size=args.batch_size, seed=args.seed,
         sanity_n=args.sanity_n, progress=not args.no_progress, data_root=args.data_dir, device=args.device,
         download=args.download)
@@ -86,7 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- reports, analyses, information
 def cmd_compare(args: argparse.Namespace) -> int:
     from robustact.evaluation.compare import format_comparison, merge_reports
-    from robustact.utils import atomic_write_text
+    from robustact.fileio import atomic_write_text
 
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     table = format_comparison(merge_reports(args.reports), columns)
@@ -201,6 +202,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--out", help="JSON report path (default: RUN/eval/SUITE.json); an interrupted evaluation "
                                  "resumes from OUT's journal, NAME.partial.json, when run again")
     p.add_argument("--restart", action="store_true", help="discard the journal of an interrupted evaluation")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished report of another evaluation at the report path")
     p.add_argument("--which", default="best", choices=["best", "last"],
                    help="run checkpoint: best on validation (default) or last")
     p.add_argument("--arch", help="architecture of a checkpoint without robustact metadata")
@@ -281,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except RobustactError as exc:
         print(f"robustact: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a disk or permission problem not caught where it happened: still one line
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"robustact: error: cannot read or write{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("robustact: interrupted; a training run continues with `robustact train --resume RUN`, an "

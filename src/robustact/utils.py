@@ -1,11 +1,9 @@
-"""Small shared helpers: seeding, device choice, atomic writes."""
+"""Small shared helpers: seeding and device choice. (File writing: `robustact.fileio`.)"""
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
-from pathlib import Path
+import sys
 
 import numpy as np
 import torch
@@ -39,22 +37,6 @@ def get_device(name: str | torch.device | None = None) -> torch.device:
     return device
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def show_progress(wanted: bool) -> bool:
+    """Progress bars only on a terminal: redirected to a log they would write carriage-return frames."""
+    return bool(wanted) and sys.stderr.isatty()

@@ -24,6 +24,7 @@ import torch
 
 from robustact.analysis.registry import AnalysisOptions, class_images, register_analysis
 from robustact.attacks import PGD, AuxTerm
+from robustact.checkpoints import checkpoint_label
 from robustact.defenses.placement import placement_slots
 from robustact.evaluation import open_run
 
@@ -137,7 +138,7 @@ def channels(targets: list[Path], options: AnalysisOptions) -> list[Path]:
     for target in targets:
         run = open_run(target, options.which, options.n, options.device, data_root=options.data_root)
         x, y = class_images(run, class_idx)
-        name = target.name if target.is_dir() else f"{target.parent.parent.name}/{target.stem}"
+        name = checkpoint_label(target)
         results.append((name, analyse(run.model, x, y, options.eps, options.seed)))
     stem = f"channels_class{class_idx}"
     png, csv_path = options.out / f"{stem}.png", options.out / f"{stem}.csv"

@@ -19,14 +19,11 @@ import torch
 
 from robustact.analysis.registry import AnalysisOptions, class_images, register_analysis
 from robustact.attacks.registry import make_attack
+from robustact.checkpoints import checkpoint_label
 from robustact.errors import RobustactError
 from robustact.evaluation import open_run
 from robustact.models.sparta import Sparta, site_key
 from robustact.utils import seed_everything
-
-
-def _run_label(target: Path) -> str:
-    return target.name if target.is_dir() else target.stem
 
 
 @torch.no_grad()
@@ -137,7 +134,7 @@ def gates(targets: list[Path], options: AnalysisOptions) -> list[Path]:
         attack = make_attack("pgd20", options.eps, seed=options.seed)
         x_adv = torch.cat([attack(run.model, x[i:i + 250], y[i:i + 250]) for i in range(0, len(x), 250)])
         nat, adv = collect_gates(run.model, x), collect_gates(run.model, x_adv)
-        label = _run_label(Path(target))
+        label = checkpoint_label(target)
         csv_path, png = options.out / f"gates_{label}.csv", options.out / f"gates_{label}.png"
         _write_csv(csv_path, run.model, nat, adv)
         _figure(label, _stage_maps(nat), _stage_maps(adv), options.eps, len(x), png)

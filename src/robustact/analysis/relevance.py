@@ -22,16 +22,13 @@ import torch
 from torch import nn
 
 from robustact.analysis.registry import AnalysisOptions, class_images, register_analysis
+from robustact.checkpoints import checkpoint_label
 from robustact.data import dataset_info
 from robustact.defenses.base import sites
 from robustact.evaluation import open_run
 from robustact.evaluation.protocols.cifs import build_paper
 
 DEFAULT_CLASS = 3  # "cat" on CIFAR-10, one of the two classes of the official figures
-
-
-def _run_name(path: Path) -> str:
-    return (path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else path).name
 
 
 def _adversary(model: nn.Module, eps: float, seed: int):
@@ -128,7 +125,7 @@ def relevance(targets: list[Path], options: AnalysisOptions) -> list[Path]:
             names = dataset_info(run.config.data.dataset).class_names
             class_name = f"{class_idx} ({names[class_idx]})" if class_idx < len(names) else class_name
         prof = relevance_profile(run.model, x, y, class_idx, options.eps, options.seed)
-        name = _run_name(Path(target))
+        name = checkpoint_label(target)
         profiles.append((name, prof))
         path = options.out / f"relevance-{name}-class{class_idx}.csv"
         cols = ["rank", "channel", "weight", "nat_mean", "adv_mean"]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.attacks.base import Attack
+from robustact.attacks.base import Attack, count_setting, size_setting
 from robustact.attacks.losses import dlr_targeted_loss
 from robustact.errors import RobustactError
 
@@ -42,16 +42,11 @@ class APGD(Attack):
                  loss: str = "ce", rho: float = 0.75, eot_iter: int = 1, compact_every: int = 5,
                  **kwargs) -> None:
         super().__init__(eps, norm, loss=loss, **kwargs)
-        if steps < 1 or restarts < 1 or eot_iter < 1 or compact_every < 1:
-            raise ValueError(
-                f"steps, restarts, eot_iter and compact_every must be >= 1, got {steps}, {restarts}, "
-                f"{eot_iter}, {compact_every}"
-            )
-        self.steps = int(steps)
-        self.restarts = int(restarts)
-        self.rho = float(rho)
-        self.eot_iter = int(eot_iter)
-        self.compact_every = int(compact_every)
+        self.steps = count_setting(steps, "APGD steps")
+        self.restarts = count_setting(restarts, "APGD restarts")
+        self.rho = size_setting(rho, "APGD rho", 0.0, 1.0)
+        self.eot_iter = count_setting(eot_iter, "APGD eot_iter")
+        self.compact_every = count_setting(compact_every, "APGD compact_every")
 
     def settings(self) -> dict[str, Any]:
         return super().settings() | {"steps": self.steps, "restarts": self.restarts, "rho": self.rho,
@@ -257,9 +252,7 @@ class APGDT(APGD):
             raise ValueError("APGDT picks its own targets: pass the true labels, not targeted=True")
         super().__init__(eps, norm, steps=steps, restarts=restarts, loss="dlr", **kwargs)
         self.loss_name = "dlr-targeted"
-        if n_target_classes < 1:
-            raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
-        self.n_target_classes = int(n_target_classes)
+        self.n_target_classes = count_setting(n_target_classes, "APGD-T n_target_classes")
 
     def objective(self, model, logits, y, target):
         value = dlr_targeted_loss(logits, y, target)

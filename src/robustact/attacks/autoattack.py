@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from robustact.attacks.apgd import APGD, APGDT
-from robustact.attacks.base import Attack, attack_mode
+from robustact.attacks.base import Attack, attack_mode, check_model_dtype
 from robustact.attacks.fab import FAB
 from robustact.attacks.predict import predict
 from robustact.attacks.result import EvalResult
@@ -106,12 +106,13 @@ class AutoAttack(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> EvalResult:
         """Evaluate: clean correctness, robustness after each attack, timings and the adversarial inputs."""
-        self._check_inputs(x, y)
+        y = self._check_inputs(x, y)
+        check_model_dtype(model, x)
         with attack_mode(model, self.model_mode):
             return self._run(model, x.detach(), y.detach())
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> EvalResult:
-        clean = predict(model, x, self.batch_size) == y
+        clean = predict(model, x, self.batch_size, labels=y) == y
         res = EvalResult(n=len(y), eps=self.eps, clean=clean.clone(), x_adv=x.clone(), seed=self.seed or 0,
                          attacks={name: repr(a) for name, a in self.attacks.items()},
                          cascaded=list(self.attacks) if self.cascade else [])

@@ -39,6 +39,71 @@ def validate_eps(eps: float, norm: str = "Linf") -> float:
     return eps
 
 
+def count_setting(value: Any, name: str, low: int = 1) -> int:
+    """An attack setting that counts something (steps, restarts, queries): an integer >= `low`, or one line."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < low:
+        raise RobustactError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def size_setting(value: Any, name: str, low: float = 0.0, high: float | None = None) -> float:
+    """An attack setting that is a size (a step, a fraction): a finite number in [low, high], or one line."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RobustactError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number) or number < low or (high is not None and number > high):
+        bounds = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise RobustactError(f"{name} must be a finite number {bounds}, got {value!r}")
+    return number
+
+
+def check_labels(x: Any, y: Any) -> torch.Tensor:
+    """Labels an evaluation can trust: integer class indices >= 0, one per image; returned as int64."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise RobustactError("images and labels must be torch tensors")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise RobustactError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    if torch.is_floating_point(y) or torch.is_complex(y) or y.dtype == torch.bool:
+        raise RobustactError(f"labels must be integer class indices, got dtype {y.dtype}")
+    if y.numel() and int(y.min()) < 0:
+        raise RobustactError(f"labels must be class indices >= 0, got {int(y.min())}")
+    return y.long()
+
+
+def check_batch(x: Any, y: Any) -> torch.Tensor:
+    """Images and labels an attack can trust, or one line saying what is wrong with them: float images in
+    [0, 1] without NaN, and `check_labels`. Returns the labels as int64."""
+    y = check_labels(x, y)
+    if not torch.is_floating_point(x):
+        raise RobustactError(f"attack inputs must be float images in [0, 1], got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        return y
+    lo, hi = torch.aminmax(x.detach())
+    finite, lo_v, hi_v = torch.stack([torch.isfinite(x.detach()).all().to(lo.dtype), lo, hi]).tolist()  # one sync
+    if not finite:
+        raise RobustactError("the images contain NaN or infinite values")
+    if lo_v < 0 or hi_v > 1:
+        raise RobustactError(f"attack inputs must lie in [0, 1] (got [{lo_v:.3g}, {hi_v:.3g}]); put input "
+                             "normalisation inside the model")
+    return y
+
+
+def check_labels_fit(y: torch.Tensor, logits: torch.Tensor) -> None:
+    """Labels must name one of the model's classes (else a torch IndexError, or examples silently skipped)."""
+    k = logits.shape[-1]
+    if y.numel() and int(y.max()) >= k:
+        raise RobustactError(f"labels must be class indices below the model's {k} classes, got {int(y.max())}")
+
+
+def check_model_dtype(model: nn.Module, x: torch.Tensor) -> None:
+    param = next(model.parameters(), None)
+    if param is not None and param.is_floating_point() and x.dtype != param.dtype \
+            and not torch.is_autocast_enabled(x.device.type):
+        raise RobustactError(f"the images are {x.dtype} but the model's weights are {param.dtype}; convert the "
+                             f"images (e.g. x.to({param.dtype}))")
+
+
 def model_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`model(x)` as every attack and `predict` call it: images are fed channels_last on CPU (3-4x faster
     convolutions and pooling there, same values to ~1e-8). A model whose forward needs NCHW-contiguous maps
@@ -119,14 +184,20 @@ class Attack:
         self.targeted = targeted
         self.model_mode = model_mode
         self.seed = seed
+        self._label_max: int | None = None  # checked against the class count at the next forward
 
     # -- the public call ---------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self._check_inputs(x, y)
-        if self.eps == 0:
+        y = self._check_inputs(x, y)
+        check_model_dtype(model, x)
+        if self.eps == 0 or x.shape[0] == 0:
             return x.clone()
-        with attack_mode(model, self.model_mode), torch.enable_grad():
-            x_adv = self.perturb(model, x.detach(), y.detach())
+        self._label_max = int(y.max())
+        try:
+            with attack_mode(model, self.model_mode), torch.enable_grad():
+                x_adv = self.perturb(model, x.detach(), y.detach())
+        finally:
+            self._label_max = None
         return x_adv.detach()
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -148,7 +219,11 @@ class Attack:
         return -value if self.targeted else value
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return model_forward(model, x)
+        logits = model_forward(model, x)
+        if self._label_max is not None:  # the first forward of a call: do the labels name the model's classes?
+            label_max, self._label_max = self._label_max, None
+            check_labels_fit(torch.tensor([label_max]), logits)
+        return logits
 
     def loss_and_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         """(logits, per-example loss, gradient of the summed loss w.r.t. x), all detached."""
@@ -190,17 +265,8 @@ class Attack:
         norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
         return step * grad / norms
 
-    def _check_inputs(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if not torch.is_floating_point(x):
-            raise RobustactError(f"attack inputs must be float images in [0, 1], got dtype {x.dtype}")
-        if y.dim() != 1 or y.shape[0] != x.shape[0]:
-            raise RobustactError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-        lo, hi = torch.aminmax(x.detach())
-        if lo.item() < 0 or hi.item() > 1:
-            raise RobustactError(
-                f"attack inputs must lie in [0, 1] (got [{lo.item():.3g}, {hi.item():.3g}]); "
-                "put input normalisation inside the model"
-            )
+    def _check_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return check_batch(x, y)
 
     # -- the description ---------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:

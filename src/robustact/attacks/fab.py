@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.attacks.base import Attack
+from robustact.attacks.base import Attack, count_setting, size_setting
 
 
 def hyperplane_projection(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, norm: str,
@@ -68,15 +68,14 @@ class FAB(Attack):
                  targeted: bool = True, restarts: int = 1, alpha_max: float = 0.1, eta: float = 1.05,
                  beta: float = 0.9, early_stop: bool = True, compact_every: int = 5, **kwargs) -> None:
         super().__init__(eps, norm, **kwargs)
-        if steps < 1 or restarts < 1 or n_target_classes < 1 or compact_every < 1:
-            raise ValueError("steps, restarts, n_target_classes and compact_every must be >= 1")
-        self.steps = int(steps)
-        self.restarts = int(restarts)
-        self.n_target_classes = int(n_target_classes)
+        self.steps = count_setting(steps, "FAB steps")
+        self.restarts = count_setting(restarts, "FAB restarts")
+        self.n_target_classes = count_setting(n_target_classes, "FAB n_target_classes")
         self.multi_target = bool(targeted)
-        self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
+        self.alpha_max = size_setting(alpha_max, "FAB alpha_max", 0.0, 1.0)
+        self.eta, self.beta = size_setting(eta, "FAB eta"), size_setting(beta, "FAB beta", 0.0, 1.0)
         self.early_stop = bool(early_stop)
-        self.compact_every = int(compact_every)
+        self.compact_every = count_setting(compact_every, "FAB compact_every")
         self.loss_name = "fab-t" if self.multi_target else "fab"
 
     # -- norms -------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.attacks.base import Attack
+from robustact.attacks.base import Attack, size_setting
 
 
 class FGSM(Attack):
@@ -19,7 +19,7 @@ class FGSM(Attack):
     def __init__(self, eps: float, norm: str = "Linf", *, alpha: float | None = None,
                  random_start: bool = False, **kwargs) -> None:
         super().__init__(eps, norm, **kwargs)
-        self.alpha = self.eps if alpha is None else float(alpha)
+        self.alpha = self.eps if alpha is None else size_setting(alpha, "FGSM step size alpha")
         self.random_start_ = random_start
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.attacks.base import STARTS, Attack
+from robustact.attacks.base import STARTS, Attack, count_setting, size_setting
+from robustact.errors import RobustactError
 
 
 class PGD(Attack):
@@ -25,15 +26,13 @@ class PGD(Attack):
                  random_start: bool = True, start: str = "uniform", start_sigma: float = 0.001,
                  restarts: int = 1, **kwargs) -> None:
         super().__init__(eps, norm, **kwargs)
-        if steps < 1 or restarts < 1:
-            raise ValueError(f"steps and restarts must be >= 1, got {steps}, {restarts}")
         if start not in STARTS:
-            raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
-        self.steps = int(steps)
-        self.alpha = 2.5 * self.eps / self.steps if alpha is None else float(alpha)
+            raise RobustactError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
+        self.steps = count_setting(steps, "PGD steps")
+        self.alpha = 2.5 * self.eps / self.steps if alpha is None else size_setting(alpha, "PGD step size alpha")
         self.random_start_ = random_start
-        self.start, self.start_sigma = start, float(start_sigma)
-        self.restarts = int(restarts)
+        self.start, self.start_sigma = start, size_setting(start_sigma, "start_sigma")
+        self.restarts = count_setting(restarts, "PGD restarts")
 
     def first_point(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         return self.random_start(x, gen, self.start, self.start_sigma) if self.random_start_ else x.clone()

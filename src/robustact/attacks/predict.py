@@ -6,18 +6,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustact.attacks.base import model_forward
+from robustact.attacks.base import check_labels_fit, model_forward
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Predicted classes in eval mode (restoring the model's mode)."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500, labels: torch.Tensor | None = None
+            ) -> torch.Tensor:
+    """Predicted classes in eval mode (restoring the model's mode). With `labels`, they are checked to name the
+    model's classes (an out-of-range label would otherwise count as a plain mistake, never attacked)."""
     if len(x) == 0:
         return torch.zeros(0, dtype=torch.long, device=x.device)
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model_forward(model, x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+        preds = []
+        for i in range(0, len(x), batch_size):
+            logits = model_forward(model, x[i:i + batch_size])
+            if labels is not None and i == 0:
+                check_labels_fit(labels, logits)
+            preds.append(logits.argmax(1))
+        return torch.cat(preds)
     finally:
         model.train(was_training)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustact.attacks.base import Attack
+from robustact.attacks.base import Attack, count_setting, size_setting
 from robustact.attacks.losses import other_max
 from robustact.errors import RobustactError
 
@@ -78,16 +78,14 @@ class Square(Attack):
         if kwargs.get("extra_loss") is not None:
             raise ValueError("Square is gradient-free; extra_loss is for gradient attacks")
         super().__init__(eps, norm, loss="margin" if loss == "margin" else "ce", **kwargs)
-        if n_queries < 1 or restarts < 1 or not 0 < p_init <= 1:
-            raise ValueError(
-                f"need n_queries, restarts >= 1 and 0 < p_init <= 1, got {n_queries}, {restarts}, {p_init}"
-            )
-        self.n_queries = int(n_queries)
-        self.p_init = float(p_init)
-        self.restarts = int(restarts)
+        self.n_queries = count_setting(n_queries, "Square n_queries")
+        self.p_init = size_setting(p_init, "Square p_init", 0.0, 1.0)
+        if self.p_init == 0:
+            raise RobustactError("Square p_init must be > 0 (the first square's share of the image), got 0")
+        self.restarts = count_setting(restarts, "Square restarts")
         self.loss_kind = loss
         self.rescale_schedule = bool(rescale_schedule)
-        self.compact_every = compact_every
+        self.compact_every = None if compact_every is None else count_setting(compact_every, "Square compact_every")
 
     def _margin_loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(margin, loss), both minimised; margin <= 0 means success."""

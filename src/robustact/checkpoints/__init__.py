@@ -2,8 +2,15 @@
 opening a run directory or checkpoint file as a model plus its config (`runs.py`). Training writes them,
 evaluation and analysis read them; neither owns them."""
 
-from robustact.checkpoints.runs import load_model, load_source_model, resolve_checkpoint, run_config
+from robustact.checkpoints.runs import (
+    checkpoint_label,
+    load_model,
+    load_source_model,
+    resolve_checkpoint,
+    run_config,
+    run_of,
+)
 from robustact.checkpoints.weights import init_weights_from, load_weights_into, read_weights, save_weights
 
-__all__ = ["init_weights_from", "load_model", "load_source_model", "load_weights_into", "read_weights",
-           "resolve_checkpoint", "run_config", "save_weights"]
+__all__ = ["checkpoint_label", "init_weights_from", "load_model", "load_source_model", "load_weights_into",
+           "read_weights", "resolve_checkpoint", "run_config", "run_of", "save_weights"]

@@ -9,10 +9,31 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustact.checkpoints.state import weights_path
 from robustact.checkpoints.weights import load_weights_into, read_weights
 from robustact.config import DEFAULTS, RunConfig, load_run_config
 from robustact.defenses.build import build_model
 from robustact.errors import CheckpointError
+
+
+def run_of(weights: Path) -> Path | None:
+    """The run directory a weights file belongs to (`RUN/checkpoints/TAG/model.safetensors`, or 0.1.0's
+    `RUN/checkpoints/TAG.safetensors`), or None for a file outside a run."""
+    for up in (weights.parent, weights.parent.parent):
+        if up.name == "checkpoints" and (up.parent / "config.yaml").is_file():
+            return up.parent
+    return None
+
+
+def checkpoint_label(path: str | Path) -> str:
+    """A short name for tables and figures: the run's name for a run or a checkpoint inside one, else the file's
+    stem. Reads no file (a report may name a checkpoint that has moved)."""
+    p = Path(path)
+    if p.parent.name == "checkpoints":  # 0.1.0: RUN/checkpoints/TAG.safetensors
+        return p.parent.parent.name
+    if p.parent.parent.name == "checkpoints":  # RUN/checkpoints/TAG/model.safetensors
+        return p.parent.parent.parent.name
+    return p.name if p.suffix == "" else p.stem
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, Path | None]:
@@ -21,15 +42,13 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, Pat
     path = Path(path)
     if path.is_dir():
         ckpts = path / "checkpoints"
-        order = [which, "last"] if which == "best" else [which]
-        for tag in order:
-            f = ckpts / f"{tag}.safetensors"
+        for tag in [which, "last"] if which == "best" else [which]:
+            f = weights_path(ckpts, tag)
             if f.is_file():
                 return f, path
-        raise CheckpointError(f"{path} holds no checkpoint ({ckpts}/{which}.safetensors); is it a run directory?")
+        raise CheckpointError(f"{path} holds no checkpoint ({ckpts}/{which}/); is it a run directory?")
     if path.is_file():
-        run = path.parent.parent if path.parent.name == "checkpoints" else None
-        return path, run if run is not None and (run / "config.yaml").is_file() else None
+        return path, run_of(path)
     raise CheckpointError(f"{path} is neither a run directory nor a checkpoint file")
 
 

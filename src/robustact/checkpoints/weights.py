@@ -14,7 +14,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from robustact.errors import CheckpointError
-from robustact.utils import atomic_write_bytes
+from robustact.fileio import atomic_write_bytes
 
 
 def model_metadata(model: nn.Module) -> dict[str, str]:
@@ -30,9 +30,13 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
 
+def weights_bytes(model: nn.Module, extra_meta: dict[str, str] | None = None) -> bytes:
+    """The model's weights as safetensors bytes, its build arguments in the metadata."""
+    return st_save(state_dict_for_saving(model), metadata=model_metadata(model) | (extra_meta or {}))
+
+
 def save_weights(model: nn.Module, path: str | Path, extra_meta: dict[str, str] | None = None) -> None:
-    meta = model_metadata(model) | (extra_meta or {})
-    atomic_write_bytes(path, st_save(state_dict_for_saving(model), metadata=meta))
+    atomic_write_bytes(path, weights_bytes(model, extra_meta))
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -81,7 +85,9 @@ def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if shape:
             k = shape[0]
-            parts.append(f"{len(shape)} of other shape (e.g. {k}: {tuple(tensors[k].shape)} vs {tuple(own[k].shape)})")
+            got, want = tensors[k], own[k]
+            parts.append(f"{len(shape)} of other shape or dtype (e.g. {k}: {tuple(got.shape)} {got.dtype} vs "
+                         f"{tuple(want.shape)} {want.dtype})")
         raise CheckpointError(
             f"{source} does not fit a '{arch}' model with this defense/num_classes: {'; '.join(parts)} keys"
         )
@@ -106,14 +112,21 @@ def init_weights_from(model: nn.Module, source: str | Path, optional: Callable[[
     if missing or shape:
         bad = (missing or shape)[0]
         raise CheckpointError(f"init_from {weights} does not fit this model ({len(missing)} missing, {len(shape)} "
-                              f"of other shape keys, e.g. {bad}); use a run of the same arch and num_classes")
+                              f"of other shape or dtype keys, e.g. {bad}); use a run of the same arch and num_classes")
     loaded = {k: v for k, v in tensors.items() if k in own}
     target.load_state_dict(loaded, strict=False)
     return len(loaded), len(own) - len(loaded)
 
 
+def _same_kind(a: torch.dtype, b: torch.dtype) -> bool:
+    """Floating weights may change precision on load; anything else must keep its exact dtype (a header that
+    turns float32 into int32 would load 1e9-sized weights)."""
+    return a == b or (a.is_floating_point and b.is_floating_point)
+
+
 def _misfits(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    """(keys of `own` the source lacks, keys both have with different shapes)."""
+    """(keys of `own` the source lacks, keys both have with a different shape or kind of dtype)."""
     missing = [k for k in own if k not in tensors]
-    shape = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
+    shape = [k for k in own if k in tensors and (tuple(own[k].shape) != tuple(tensors[k].shape)
+                                                 or not _same_kind(own[k].dtype, tensors[k].dtype))]
     return missing, shape

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from robustact.checkpoints import checkpoint_label
 from robustact.errors import RobustactError
 
 
@@ -57,15 +58,10 @@ def merge_reports(paths: list[Path], labels: dict[str, str] | None = None) -> li
         checkpoint = report.get("meta", {}).get("checkpoint", str(path))
         key = (checkpoint, report["n"], round(float(report["eps"]), 8))
         if key not in rows:
-            label = (labels or {}).get(checkpoint) or _run_name(checkpoint)
+            label = (labels or {}).get(checkpoint) or checkpoint_label(checkpoint)
             rows[key] = Row(label=label, n=report["n"], eps=float(report["eps"]))
         rows[key].add(report, path.stem)
     return list(rows.values())
-
-
-def _run_name(checkpoint: str) -> str:
-    p = Path(checkpoint)
-    return p.parent.parent.name if p.parent.name == "checkpoints" else p.stem
 
 
 def format_comparison(rows: list[Row], columns: list[str] | None = None) -> str:

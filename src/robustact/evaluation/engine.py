@@ -10,10 +10,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustact.attacks.base import Attack
+from robustact.attacks.base import Attack, check_labels
 from robustact.attacks.predict import predict
 from robustact.attacks.result import EvalResult
+from robustact.errors import RobustactError
 from robustact.evaluation.journal import EvalJournal
+from robustact.utils import show_progress
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: dict[str, Attack], *,
@@ -26,7 +28,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: dict[s
     then "robust to this and to everything before it", and `result.cascaded` lists them.
     With a `journal` the batches it already holds are skipped and every finished batch is recorded in it, so an
     interrupted evaluation resumes (see robustact.evaluation.journal)."""
-    clean = predict(model, x, batch_size) == y
+    y = check_labels(x, y)
+    if batch_size < 1:
+        raise RobustactError(f"batch_size must be >= 1, got {batch_size}")
+    clean = predict(model, x, batch_size, labels=y) == y
     result = EvalResult(n=len(y), eps=eps, clean=clean.cpu(), seed=seed,
                         attacks={name: repr(a) for name, a in attacks.items()})
     cascaded = set(attacks) if only_robust is True else set(only_robust or ())
@@ -57,7 +62,7 @@ def _run_attack(model, x, y, attack, name, pool, batch_size, progress, journal):
     done, saved, seconds = journal.progress(name) if journal is not None else (0, None, 0.0)
     robust = pool.clone() if saved is None else saved.to(pool.device)
     t0 = time.perf_counter()
-    for k, i in enumerate(tqdm(starts, desc=name, disable=not progress, leave=False)):
+    for k, i in enumerate(tqdm(starts, desc=name, disable=not show_progress(progress), leave=False)):
         if k < done:
             continue
         b = idx[i:i + batch_size]

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from robustact.errors import RobustactError
-from robustact.utils import atomic_write_text
+from robustact.fileio import atomic_write_text
 
 
 def file_digest(path: str | Path) -> str:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from robustact.attacks.result import EvalResult
-from robustact.utils import atomic_write_text
+from robustact.fileio import atomic_write_text
 
 
 def format_table(result: EvalResult, title: str = "") -> str:
@@ -51,7 +51,9 @@ def format_markdown(result: EvalResult, title: str = "Evaluation", meta: dict | 
     return "\n".join(out) + "\n"
 
 
-def write_reports(result: EvalResult, json_path: Path, meta: dict | None = None, title: str = "Evaluation") -> None:
-    """JSON (with per-example results) and a Markdown twin next to it."""
-    atomic_write_text(json_path, json.dumps(result.to_json() | {"meta": meta or {}}, indent=1))
+def write_reports(result: EvalResult, json_path: Path, meta: dict | None = None, title: str = "Evaluation",
+                  settings: dict | None = None) -> None:
+    """JSON (with per-example results, and the settings that decided them) and a Markdown twin next to it."""
+    extra = {"meta": meta or {}} | ({"settings": settings} if settings is not None else {})
+    atomic_write_text(json_path, json.dumps(result.to_json() | extra, indent=1))
     atomic_write_text(json_path.with_suffix(".md"), format_markdown(result, title, meta))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from torch import nn
 from robustact.attacks.base import validate_eps
 from robustact.attacks.registry import make_attack, parse_attack_list
 from robustact.attacks.result import EvalResult
-from robustact.checkpoints import load_model
+from robustact.checkpoints import load_model, run_of
 from robustact.config import RunConfig
 from robustact.data import dataset_info, test_split
 from robustact.errors import RobustactError
@@ -25,6 +26,7 @@ from robustact.evaluation.report import write_reports
 from robustact.evaluation.sanity import SanityFlag, run_sanity_checks
 from robustact.evaluation.suites import build_suite
 from robustact.fields import parse_number
+from robustact.fileio import WriterLock
 from robustact.utils import get_device, seed_everything
 
 
@@ -62,7 +64,8 @@ def _with_test_images(model: nn.Module, config: RunConfig, weights: Path, n: int
         raise RobustactError(f"asked for the first {n} test images but {d.dataset} has {total}; use 1..{total}")
     x_u8, y = test_split(d.dataset, n, classes=d.classes, root=data_root, download=download or d.download)
     if n is not None and len(y) < n:
-        raise RobustactError(f"asked for the first {n} test images but classes {d.classes} have {len(y)}")
+        what = f"the test images of classes {d.classes}" if d.classes else f"the {d.dataset} test split here"
+        raise RobustactError(f"asked for the first {n} test images but {what} has {len(y)}; use 1..{len(y)}")
     return OpenedRun(model.to(dev), x_u8.to(dev).float().div_(255), y.to(dev), config, weights, dev)
 
 
@@ -88,6 +91,7 @@ class EvalOptions:
     eps: float | str | None = None           # L-inf radius, pixel units (default: the config's, 8/255)
     out: str | Path | None = None            # report path (default: RUN/eval/NAME.json; none for a bare file)
     restart: bool = False                    # discard the journal of an interrupted evaluation
+    overwrite: bool = False                  # replace a finished report of another evaluation at `out`
     which: str = "best"                      # run checkpoint: best (validation) or last
     arch: str | None = None                  # architecture of a checkpoint without robustact metadata
     num_classes: int | None = None           # its classes
@@ -138,13 +142,31 @@ def _check(options: EvalOptions) -> None:
         raise RobustactError(f"--which must be best or last, got {options.which!r}")
 
 
-def report_path(options: EvalOptions, weights: Path) -> Path | None:
+def report_path(options: EvalOptions, run_dir: Path | None) -> Path | None:
+    """`--out`, else `RUN/eval/NAME.json` named by what it evaluates (suite, protocol, `-last` for the last
+    checkpoint); None for a checkpoint outside a run."""
     if options.out:
         return Path(options.out)
-    if weights.parent.name != "checkpoints":
+    if run_dir is None:
         return None
     stem = f"{options.suite}-{options.protocol}" if options.protocol else (options.suite or "eval")
-    return weights.parent.parent / "eval" / f"{stem}.json"
+    return run_dir / "eval" / f"{stem}{'-last' if options.which == 'last' else ''}.json"
+
+
+def _refuse_to_replace(out: Path, settings: dict, overwrite: bool) -> None:
+    """A finished report of another evaluation is not silently replaced."""
+    if overwrite or not out.is_file():
+        return
+    try:
+        previous = json.loads(out.read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous == json.loads(json.dumps(settings)):
+        return  # the same evaluation again: same result for seeded attacks
+    differ = "made by an earlier release" if not isinstance(previous, dict) else "other " + ", ".join(
+        sorted(k for k in settings.keys() | previous.keys() if previous.get(k) != settings.get(k)))
+    raise RobustactError(f"{out} holds the report of another evaluation ({differ}); pass --overwrite to replace "
+                         "it, or --out for another file")
 
 
 def run_eval(target: str | Path, options: EvalOptions | None = None) -> EvalResult:
@@ -162,30 +184,32 @@ def run_eval(target: str | Path, options: EvalOptions | None = None) -> EvalResu
     run = _with_test_images(model, config, weights, options.n or config.eval.n, options.device, options.data_root,
                             options.download)
     batch_size = options.batch_size or config.eval.batch_size
-    out = report_path(options, weights)
-    journal = None
-    if out is not None:
-        settings = {"checkpoint_sha256": file_digest(weights), "dataset": config.data.dataset,
-                    "images": run.images, "suite": options.suite, "protocol": options.protocol,
-                    "suite_options": [f"{k}={v}" for k, v in options.suite_options.items()],
-                    "attacks": {k: repr(a) for k, a in attacks.items()}, "cascade": cascade, "eps": eps,
-                    "seed": options.seed, "batch_size": batch_size}
-        journal = EvalJournal(journal_path(out), settings, restart=options.restart)
-        if journal.resumed:
-            print(f"resuming the evaluation in {journal.path}: {journal.describe()}", file=sys.stderr)
-    result = evaluate(run.model, run.x, run.y, attacks, eps=eps, batch_size=batch_size, progress=options.progress,
-                      seed=options.seed, only_robust=cascade, journal=journal)
-    if options.sanity_n:
-        m = min(options.sanity_n, run.n)
-        subset = {name: r[:m] for name, r in result.robust.items()}
-        flags = run_sanity_checks(run.model, run.x[:m], run.y[:m], subset, eps=eps, seed=options.seed)
-        result.sanity = [asdict(f) | {"n": m} for f in flags]
-    result.meta = {"checkpoint": str(weights), "dataset": config.data.dataset, "images": run.images,
-                   "device": str(run.device), "torch": torch.__version__}
-    if out is not None:
-        write_reports(result, out, result.meta, title=f"Evaluation of {weights}")
-        journal.remove()
-        result.meta["report"] = str(out)
+    out = report_path(options, run_of(weights))
+    settings = {"checkpoint_sha256": file_digest(weights), "dataset": config.data.dataset, "images": run.images,
+                "suite": options.suite, "protocol": options.protocol,
+                "suite_options": [f"{k}={v}" for k, v in options.suite_options.items()],
+                "attacks": {k: repr(a) for k, a in attacks.items()}, "cascade": cascade, "eps": eps,
+                "seed": options.seed, "batch_size": batch_size}
+    with WriterLock(out.with_name(f".{out.stem}.lock"), f"report {out}") if out is not None else nullcontext():
+        journal = None
+        if out is not None:
+            _refuse_to_replace(out, settings, options.overwrite)
+            journal = EvalJournal(journal_path(out), settings, restart=options.restart)
+            if journal.resumed:
+                print(f"resuming the evaluation in {journal.path}: {journal.describe()}", file=sys.stderr)
+        result = evaluate(run.model, run.x, run.y, attacks, eps=eps, batch_size=batch_size,
+                          progress=options.progress, seed=options.seed, only_robust=cascade, journal=journal)
+        if options.sanity_n:
+            m = min(options.sanity_n, run.n)
+            subset = {name: r[:m] for name, r in result.robust.items()}
+            flags = run_sanity_checks(run.model, run.x[:m], run.y[:m], subset, eps=eps, seed=options.seed)
+            result.sanity = [asdict(f) | {"n": m} for f in flags]
+        result.meta = {"checkpoint": str(weights), "dataset": config.data.dataset, "images": run.images,
+                       "device": str(run.device), "torch": torch.__version__}
+        if out is not None:
+            write_reports(result, out, result.meta, title=f"Evaluation of {weights}", settings=settings)
+            journal.remove()
+            result.meta["report"] = str(out)
     return result
 
 
@@ -210,6 +234,6 @@ def sanity_from_reports(target: str | Path, reports: list[str | Path], which: st
 
 
 def write_flags(flags: list[SanityFlag], path: str | Path) -> None:
-    from robustact.utils import atomic_write_text
+    from robustact.fileio import atomic_write_text
 
     atomic_write_text(path, json.dumps([f.to_dict() for f in flags], indent=1))

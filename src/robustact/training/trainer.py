@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,9 +19,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustact.attacks import PGD, accuracy_under
-from robustact.checkpoints import init_weights_from, load_source_model, load_weights_into, save_weights
+from robustact.checkpoints import init_weights_from, load_source_model, load_weights_into
 from robustact.checkpoints.state import (
+    has_checkpoint,
     load_checkpoint_state,
+    recover,
     restore_optimizer,
     rng_state,
     save_checkpoint,
@@ -30,10 +33,11 @@ from robustact.config import RunConfig, dump_config, load_run_config, resolve
 from robustact.data import DeviceLoader, test_split, training_split
 from robustact.defenses import aux_logits, build_model
 from robustact.errors import ConfigError, RobustactError
+from robustact.fileio import WriterLock, append_line, atomic_write_text, make_dirs
 from robustact.models import create_model, learnable_activations, transfer_activations
 from robustact.training.objectives import ObjectiveContext, get_objective
 from robustact.training.schedules import lr_at
-from robustact.utils import atomic_write_text, get_device, seed_everything
+from robustact.utils import get_device, seed_everything, show_progress
 
 
 def build_model_from_config(config: RunConfig) -> nn.Module:
@@ -74,10 +78,11 @@ class Trainer:
         self.config = config = resolve(config)
         self.out = Path(out_dir)
         self.data_root = data_root
-        self.progress = progress
+        self.progress = show_progress(progress)  # bars (and their host syncs) only on a terminal
         self.ckpt_dir = self.out / "checkpoints"
-        if not _resuming and (self.ckpt_dir / "last.json").exists():
-            raise RobustactError(f"{self.out} already holds a run; continue it with --resume or choose a new --out")
+        self.resuming = _resuming
+        self._lock: WriterLock | None = None
+        self._refuse_to_overwrite()
         training = config.training
         self.epochs = training.epochs
         self.device = get_device(config.device)
@@ -87,7 +92,7 @@ class Trainer:
         self.ctx = ObjectiveContext.from_config(training)
         # the model first: a bad arch or defense fails before any data is read
         self.model = build_model_from_config(config).to(self.device)
-        started = _resuming and (self.ckpt_dir / "last.json").exists()
+        started = _resuming and has_checkpoint(self.ckpt_dir, "last")
         if config.model.init_from and not started:
             self.init_from(config.model.init_from)
         if config.model.activation_from:  # frozen transfer of learned activations (Sparta)
@@ -107,6 +112,10 @@ class Trainer:
         self.forward_model = torch.compile(self.model) if training.compile else self.model
         self.loader = DeviceLoader(self.data.train_x, self.data.train_y, d.batch_size, self.device, train=True,
                                    augment=d.augment, seed=self.seed, channels_last=self.channels_last)
+        if len(self.loader) == 0:
+            raise ConfigError(f"data.batch_size={d.batch_size} is larger than the training split "
+                              f"({len(self.data.train_y)} images after class selection, subset and the "
+                              f"{len(self.data.val_y)} held out for validation); lower data.batch_size or val_size")
         self.start_epoch = 0
         self.best = {"metric": -math.inf, "epoch": None}
 
@@ -130,44 +139,87 @@ class Trainer:
         transfer_activations(load_source_model(source), self.model, mapping=m.activation_mapping,
                              freeze=m.activation_freeze)
 
-    # ---------------------------------------------------------------- resume
+    # ---------------------------------------------------------------- one writer, resume
+    def _refuse_to_overwrite(self) -> None:
+        if not self.resuming and has_checkpoint(self.ckpt_dir, "last"):
+            raise RobustactError(f"{self.out} already holds a run; continue it with --resume or choose a new --out")
+
+    def _acquire(self) -> None:
+        """Become the run directory's one writer (held until `fit` ends); a second writer is refused."""
+        if self._lock is None:
+            if self.out.exists() and not self.out.is_dir():
+                raise RobustactError(f"--out {self.out} is a file, not a directory; choose another --out")
+            make_dirs(self.out)
+            self._lock = WriterLock(self.out / ".lock", f"run {self.out}").__enter__()
+            self._refuse_to_overwrite()  # again, now that no one else can write it
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
+
     @classmethod
     def resume(cls, out_dir: str | Path, data_root: str | None = None, progress: bool = True) -> Trainer:
+        """The trainer of an interrupted run, at its newest complete checkpoint (an interrupted checkpoint write is
+        finished or undone first, and said so)."""
         out = Path(out_dir)
         cfg_path = out / "config.yaml"
         if not cfg_path.is_file():
             raise RobustactError(f"{out} is not a run directory (no config.yaml); nothing to resume")
         trainer = cls(load_run_config(cfg_path), out, data_root, progress, _resuming=True)
-        if (trainer.ckpt_dir / "last.json").exists():
-            info, tensors, state = load_checkpoint_state(trainer.ckpt_dir, "last")
-            load_weights_into(trainer.model, tensors, f"{trainer.ckpt_dir}/last.safetensors")
-            restore_optimizer(trainer.optimizer, info, state)
-            set_rng_state(state)
-            trainer.start_epoch = int(info["epoch"])
-            trainer.best = info.get("best", trainer.best)
-        trainer.drop_metrics_after(trainer.start_epoch)
+        trainer._acquire()
+        try:
+            trainer._restore()
+        except BaseException:
+            trainer._release()
+            raise
         return trainer
 
+    def _restore(self) -> None:
+        for tag in ("last", "best"):
+            note = recover(self.ckpt_dir, tag)
+            if note:
+                print(f"robustact: {note} ({self.ckpt_dir})", file=sys.stderr)
+        if has_checkpoint(self.ckpt_dir, "last"):
+            info, tensors, state = load_checkpoint_state(self.ckpt_dir, "last")
+            load_weights_into(self.model, tensors, f"{self.ckpt_dir}/last")
+            restore_optimizer(self.optimizer, info, state)
+            set_rng_state(state)
+            self.start_epoch = int(info["epoch"])
+            self.best = info.get("best", self.best)
+            print(f"resuming {self.out} after epoch {self.start_epoch} (its newest complete checkpoint)",
+                  file=sys.stderr)
+        self.drop_metrics_after(self.start_epoch)
+
     def drop_metrics_after(self, epoch: int) -> None:
-        """Forget metric lines of epochs past the checkpoint (written before an interruption hit)."""
+        """Forget metric lines of epochs past the checkpoint (written before an interruption hit), and a line
+        an interruption cut off."""
         path = self.out / "metrics.jsonl"
         if path.is_file():
-            keep = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("epoch", 0) <= epoch:
+                        keep.append(line)
+                except (ValueError, AttributeError):
+                    continue
             atomic_write_text(path, "".join(line + "\n" for line in keep))
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> Path:
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "config.yaml", dump_config(self.config))
-        if self.start_epoch >= self.epochs:
-            print(f"run {self.out} already finished ({self.epochs} epochs)")
+        self._acquire()
+        try:
+            atomic_write_text(self.out / "config.yaml", dump_config(self.config))
+            if self.start_epoch >= self.epochs:
+                print(f"run {self.out} already finished ({self.epochs} epochs)")
+                return self.out
+            for epoch in range(self.start_epoch, self.epochs):
+                record = self.train_epoch(epoch)
+                record |= self.validate()
+                self.end_epoch(epoch, record)
             return self.out
-        for epoch in range(self.start_epoch, self.epochs):
-            record = self.train_epoch(epoch)
-            record |= self.validate()
-            self.end_epoch(epoch, record)
-        return self.out
+        finally:
+            self._release()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step at learning rate `lr`; (detached loss, logits the accuracy is read from)."""
@@ -251,13 +303,11 @@ class Trainer:
         select_key = "test" if self.config.training.select_on_test else "val"
         kind = self.config.training.selection
         metric = next((v for k, v in record.items() if k.startswith(f"{select_key}_{kind}")), None)
+        record["best_epoch"] = epoch + 1 if metric is not None and metric > self.best["metric"] else self.best["epoch"]
+        append_line(self.out / "metrics.jsonl", json.dumps(record))
         if metric is not None and metric > self.best["metric"]:
             self.best = {"metric": metric, "epoch": epoch + 1, "selected_on": select_key, "criterion": kind}
-            save_weights(self.model, self.ckpt_dir / "best.safetensors", {"epoch": str(epoch + 1)})
-            atomic_write_text(self.ckpt_dir / "best.json", json.dumps(self.best | {"epoch": epoch + 1}))
-        record["best_epoch"] = self.best["epoch"]
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            save_checkpoint(self.ckpt_dir, "best", self.model, None, self.best)
         info = {"epoch": epoch + 1, "best": self.best, "arch": self.config.model.arch,
                 "build_kwargs": getattr(self.model, "build_kwargs", {})}
         save_checkpoint(self.ckpt_dir, "last", self.model, self.optimizer, info, rng_state())
