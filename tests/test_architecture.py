@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "robustact"
 # Module prefix -> layer (the longest prefix wins). `robustact` itself is its public face: the top.
 LAYER_OF = {
     "robustact.errors": "base", "robustact.utils": "base", "robustact.registry": "base", "robustact.fields": "base",
-    "robustact.fileio": "base",
+    "robustact.fileio": "base", "robustact.distributed": "base",
     "robustact.data": "data",
     "robustact.models": "models",
     "robustact.defenses": "defenses",
@@ -78,10 +78,13 @@ def imports_of(source: str, module: str, is_package: bool) -> set[str]:
                 name = node.module or ""
             if name.split(".")[0] != "robustact":
                 continue
-            found.add(name)
-            # `from robustact import evaluation` imports the subpackage, not just the package face
-            found |= {f"{name}.{a.name}" for a in node.names if (SRC.parent / name.replace(".", "/") / a.name).exists()
-                      or (SRC.parent / name.replace(".", "/") / f"{a.name}.py").exists()}
+            # `from robustact import evaluation` imports that subpackage; `from robustact import X` for a name X
+            # defined in robustact/__init__.py imports the package face itself
+            folder = SRC.parent / name.replace(".", "/")
+            subs = {a.name for a in node.names if (folder / a.name).is_dir() or (folder / f"{a.name}.py").exists()}
+            found |= {f"{name}.{sub}" for sub in subs}
+            if len(subs) < len(node.names):
+                found.add(name)
     return found
 
 

@@ -216,8 +216,8 @@ def test_bench_with_activations():
                    "--batch-size", "4", "--pgd-steps", "1", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("resnet_small/")]
-    assert [r[0] for r in rows] == ["resnet_small/relu", "resnet_small/sparta"]
-    assert all(float(v) > 0 for r in rows for v in r[1:4])
+    assert [r[:2] for r in rows] == [["resnet_small/relu", "fp32"], ["resnet_small/sparta", "fp32"]]
+    assert all(float(v.replace(",", "")) > 0 for r in rows for v in r[2:6])
     assert_one_line_error(run_cli("bench", "--activations", "relu,swish2"), "unknown activation 'swish2'", "sparta")
 
 

@@ -4,6 +4,7 @@ small robust network that the peer-agreement tests and the AutoAttack benchmark 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -11,10 +12,11 @@ from torch import nn
 
 from robustact.attacks import PGD
 from robustact.defenses import build_model
+from robustact.errors import RobustactError
 from robustact.models.activations import activation_spec
 from robustact.training.objectives import ObjectiveContext, get_objective
-from robustact.training.trainer import autocast_context
-from robustact.utils import get_device
+from robustact.training.trainer import check_compile
+from robustact.utils import autocast_context, check_amp, get_device
 
 
 def small_cnn(num_classes: int = 10) -> nn.Module:
@@ -66,14 +68,40 @@ def time_it(fn, device: torch.device, steps: int, warmup: int = 1) -> float:
     return (time.perf_counter() - start) / steps
 
 
+@dataclass(frozen=True)
+class Setting:
+    """How a benchmark runs the model: autocast dtype, memory format, torch.compile; named like `bf16+cl+compile`."""
+
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Setting:
+        parts = [p.strip().lower() for p in text.split("+") if p.strip()]
+        unknown = [p for p in parts if p not in ("fp32", "bf16", "fp16", "cl", "channels_last", "compile")]
+        if unknown or not parts:
+            raise RobustactError(f"unknown bench setting {text!r}; write parts joined by +: fp32 | bf16 | fp16, cl, "
+                                 "compile (e.g. fp32, bf16+cl, bf16+cl+compile)")
+        amp = next((p for p in parts if p in ("bf16", "fp16")), "none")
+        return cls(amp, "cl" in parts or "channels_last" in parts, "compile" in parts)
+
+    def __str__(self) -> str:
+        name = "fp32" if self.amp == "none" else self.amp
+        return name + ("+cl" if self.channels_last else "") + ("+compile" if self.compile else "")
+
+
 def bench_arch(arch: str, batch_size: int, steps: int, device: torch.device, pgd_steps: int = 10,
-               amp: str = "none", channels_last: bool = False, compile: bool = False,
-               image_size: int = 32, num_classes: int = 10, activation: str = "relu") -> dict[str, float]:
+               setting: Setting = Setting(), image_size: int = 32, num_classes: int = 10,
+               activation: str = "relu") -> dict[str, float]:
+    """Images per second of a standard and a PGD-k training step (the trainer's objective and SGD step) and of
+    a PGD-k attack, on random data of CIFAR-10's shape, in `setting`."""
     torch.manual_seed(0)
+    amp = check_amp(setting.amp, device)
     model = build_model(arch, num_classes=num_classes, activation=activation).to(device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = torch.channels_last if setting.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    fwd = torch.compile(model) if compile else model
+    fwd = check_compile(model, setting.compile)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(batch_size, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, num_classes, (batch_size,), device=device)
@@ -103,26 +131,32 @@ def bench_arch(arch: str, batch_size: int, steps: int, device: torch.device, pgd
 
 
 def run_bench(archs: list[str], batch_size: int = 128, steps: int = 3, device: str | None = None,
-              pgd_steps: int = 10, amp: str = "none", channels_last: bool = False, compile: bool = False,
-              activations: list[str] | None = None) -> dict:
-    """Every arch with every activation (default ReLU); rows are named `arch` or `arch/activation`."""
+              pgd_steps: int = 10, settings: list[str] | None = None, activations: list[str] | None = None) -> dict:
+    """Every arch in every setting with every activation (default: fp32, ReLU). Prints images/s and the seconds a
+    50,000-image (CIFAR-10) epoch of PGD-k training takes at that rate."""
     activations = activations or ["relu"]
+    parsed = [Setting.parse(s) for s in (settings or ["fp32"])]
     for a in activations:  # before the header: a typo is one line
         activation_spec(a)
     dev = get_device(device)
+    for setting in parsed:
+        check_amp(setting.amp, dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {dev} ({name})  batch {batch_size}  amp={amp} channels_last={channels_last} compile={compile}")
+    print(f"device: {dev} ({name})  batch {batch_size}  {steps} timed steps after one warm-up"
+          + ("  (TF32 on)" if dev.type == "cuda" else ""))
     header = f"{'standard train':>16}{f'PGD-{pgd_steps} train':>16}{f'PGD-{pgd_steps} attack':>16}"
-    width = max(16, *(len(a) + len(b) + 3 for a in archs for b in activations))
-    print(f"{'arch':<{width}}{header}   (images/s)")
+    rows = [(arch, act, setting) for arch in archs for setting in parsed for act in activations]
+    labels = [f"{a}" + (f"/{act}" if activations != ["relu"] else "") + f" {st}" for a, act, st in rows]
+    width = max(16, *(len(label) + 2 for label in labels))
+    print(f"{'arch, setting':<{width}}{header}{'s / 50k-image epoch':>22}   (images/s)")
     results = {}
-    for arch in archs:
-        for act in activations:
-            row = arch if activations == ["relu"] else f"{arch}/{act}"
-            r = bench_arch(arch, batch_size, steps, dev, pgd_steps, amp, channels_last, compile, activation=act)
-            results[row] = r
-            vals = list(r.values())
-            print(f"{row:<{width}}{vals[0]:>16.1f}{vals[1]:>16.1f}{vals[2]:>16.1f}", flush=True)
-            epoch_s = 50000 / r[f"pgd{pgd_steps}_train"]
-            print(f"{'':<{width}}→ a 50,000-image PGD-{pgd_steps} epoch ≈ {epoch_s:,.0f} s", flush=True)
+    for (arch, act, setting), label in zip(rows, labels):
+        r = bench_arch(arch, batch_size, steps, dev, pgd_steps, setting, activation=act)
+        epoch_s = 50000 / r[f"pgd{pgd_steps}_train"]
+        results[label] = r | {f"pgd{pgd_steps}_epoch_seconds": epoch_s}
+        vals = list(r.values())
+        print(f"{label:<{width}}{vals[0]:>16.1f}{vals[1]:>16.1f}{vals[2]:>16.1f}{epoch_s:>22,.1f}", flush=True)
     return results

@@ -47,7 +47,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         trainer = Trainer(train_config(args), args.out, data_root=args.data_dir, progress=progress)
     out = trainer.fit()
-    print(f"run directory: {out}")
+    if trainer.job.main:
+        print(f"run directory: {out}")
     if args.eval:
         from robustact.evaluation import EvalOptions
 
@@ -58,10 +59,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- eval
 def _eval_and_print(target: str, options) -> None:
+    from robustact.distributed import current
     from robustact.evaluation import run_eval
     from robustact.evaluation.report import format_table
 
     result = run_eval(target, options)
+    if not current().main:  # rank 0 of a torchrun job speaks for it
+        return
     meta = result.meta
     print(format_table(result, title=f"{meta['checkpoint']}  ({meta['dataset']} test images 0-{result.n - 1})"))
     if "report" in meta:
@@ -78,6 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         protocol=args.protocol, cascade=args.cascade, n=args.n, eps=args.eps, out=args.out, restart=args.restart,
         overwrite=args.overwrite,
         which=args.which, arch=args.arch, num_classes=args.num_classes, batch_size=args.batch_size, seed=args.seed,
+        amp=args.amp,
         sanity_n=args.sanity_n, progress=not args.no_progress, data_root=args.data_dir, device=args.device,
         download=args.download)
     _eval_and_print(args.target, options)
@@ -166,8 +171,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from robustact.bench import run_bench
 
     run_bench(archs=args.archs.split(","), batch_size=args.batch_size, steps=args.steps, device=args.device,
-              pgd_steps=args.pgd_steps, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-              activations=args.activations.split(","))
+              pgd_steps=args.pgd_steps, settings=args.settings.split(","), activations=args.activations.split(","))
     return 0
 
 
@@ -197,7 +201,9 @@ def _eval_parser(sub) -> None:
     p.add_argument("--cascade", metavar="NAMES",
                    help="run these attacks (or 'all') only on examples robust to every attack before them: same "
                         "worst case, less time; their own figures become cumulative")
-    p.add_argument("--n", type=int, help="first N test images (default: the run config's, 1000)")
+    p.add_argument("--n", "--num-images", dest="n", type=int,
+                   help="first N test images (default: the run config's, 1000); under torchrun write --num-images, "
+                        "which torchrun does not take for its own --nnodes")
     p.add_argument("--eps", help="Linf radius in pixel units, e.g. 8/255")
     p.add_argument("--out", help="JSON report path (default: RUN/eval/SUITE.json); an interrupted evaluation "
                                  "resumes from OUT's journal, NAME.partial.json, when run again")
@@ -209,6 +215,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--arch", help="architecture of a checkpoint without robustact metadata")
     p.add_argument("--num-classes", type=int, help="classes of a checkpoint without robustact metadata")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--amp", default="none", choices=["none", "bf16"],
+                   help="bf16: run the model under autocast (faster on GPUs; agreement with fp32: docs/benchmarks.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sanity-n", type=int, default=200,
                    help="run the gradient-masking sanity checks on the first N images (0: skip)")
@@ -237,7 +245,7 @@ def _report_parsers(sub) -> None:
     p.add_argument("targets", nargs="+", help="run directories or checkpoints (several are shown side by side)")
     p.add_argument("--kind", required=True, help="channels (CAS), relevance (CIFS), gates (Sparta)")
     p.add_argument("--class", dest="class_idx", type=int, help="class whose test images are analysed")
-    p.add_argument("--n", type=int, default=1000, help="first N test images considered")
+    p.add_argument("--n", "--num-images", dest="n", type=int, default=1000, help="first N test images considered")
     p.add_argument("--eps", default="8/255")
     p.add_argument("--which", default="best", choices=["best", "last"])
     p.add_argument("--out", help="output folder (default: FIRST_RUN/analysis)")
@@ -261,9 +269,9 @@ def _info_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=3, help="timed iterations per measurement")
     p.add_argument("--pgd-steps", type=int, default=10)
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--settings", default="fp32",
+                   help="comma-separated; each parts joined by +: fp32|bf16|fp16, cl (channels_last), compile — "
+                        "e.g. fp32,bf16+cl,bf16+cl+compile")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_bench)
 
@@ -297,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `robustact presets | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        from robustact.distributed import shutdown
+
+        shutdown()  # a torchrun job's process group, if this process joined one
 
 
 if __name__ == "__main__":

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 import sys
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from robustact.errors import RobustactError
+from robustact.errors import ConfigError, RobustactError
 
 
 def seed_everything(seed: int) -> None:
@@ -40,3 +41,23 @@ def get_device(name: str | torch.device | None = None) -> torch.device:
 def show_progress(wanted: bool) -> bool:
     """Progress bars only on a terminal: redirected to a log they would write carriage-return frames."""
     return bool(wanted) and sys.stderr.isatty()
+
+
+def check_amp(amp: str, device: torch.device) -> str:
+    """The mixed precision that will really run on `device`, or one line: bf16 runs on CUDA and on CPU (CPU
+    autocast); fp16 needs a GPU (and its gradient scaler). Never silently ignored."""
+    if amp not in ("none", "bf16", "fp16"):
+        raise ConfigError(f"amp must be none, bf16 or fp16, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"amp=fp16 needs a CUDA device (here: {device}); use bf16, which runs on the CPU too")
+    if amp == "bf16" and device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"amp=bf16 is supported on cuda and cpu, not {device.type}")
+    return amp
+
+
+def autocast_context(amp: str, device: torch.device):
+    """Autocast for `amp` on `device` (see `check_amp`); `none` is full precision."""
+    if amp in (None, "none", False):
+        return nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[check_amp(amp, device)]
+    return torch.autocast(device_type=device.type, dtype=dtype)

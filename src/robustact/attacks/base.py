@@ -159,6 +159,11 @@ class Attack:
         model_mode: "eval" (default), "train" or "keep": the mode the model runs in during the attack.
         seed: int seeds a generator afresh on every call (same input, same result); None uses the global
             torch RNG (training, whose RNG state is checkpointed).
+        shard: (rank, world) when this process attacks its share of a global batch (distributed training):
+            random starts are drawn for the whole global batch and this share's rows taken, so a job of any
+            size draws what one process would.
+        validate: check the inputs on every call (three host syncs); the trainer's own attacks, whose inputs
+            come from the loader, skip it so that a training step never waits for the device.
     """
 
     name = "attack"
@@ -174,6 +179,8 @@ class Attack:
         targeted: bool = False,
         model_mode: str = "eval",
         seed: int | None = 0,
+        shard: tuple[int, int] | None = None,
+        validate: bool = True,
     ) -> None:
         self.eps = validate_eps(eps, norm)
         self.norm = norm
@@ -185,14 +192,17 @@ class Attack:
         self.model_mode = model_mode
         self.seed = seed
         self._label_max: int | None = None  # checked against the class count at the next forward
+        self.shard = shard  # (rank, world) of a distributed training job: random draws are the global batch's
+        self.validate = validate
 
     # -- the public call ---------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        y = self._check_inputs(x, y)
-        check_model_dtype(model, x)
+        if self.validate:
+            y = self._check_inputs(x, y)
+            check_model_dtype(model, x)
         if self.eps == 0 or x.shape[0] == 0:
             return x.clone()
-        self._label_max = int(y.max())
+        self._label_max = int(y.max()) if self.validate else None
         try:
             with attack_mode(model, self.model_mode), torch.enable_grad():
                 x_adv = self.perturb(model, x.detach(), y.detach())
@@ -243,19 +253,25 @@ class Attack:
             delta = delta * (self.eps / norms).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
         return (x + delta).clamp(0.0, 1.0)
 
+    def draw(self, sample, shape: tuple[int, ...], gen: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+        """`sample` (torch.rand / torch.randn) of `shape`; with a shard, drawn for the global batch and sliced."""
+        if self.shard is None or self.shard[1] == 1:
+            return sample(shape, generator=gen, device=like.device, dtype=like.dtype)
+        rank, world = self.shard
+        full = sample((shape[0] * world, *shape[1:]), generator=gen, device=like.device, dtype=like.dtype)
+        return full[rank * shape[0]:(rank + 1) * shape[0]]
+
     def random_start(self, x: torch.Tensor, gen: torch.Generator | None, kind: str = "uniform",
                      sigma: float = 0.001) -> torch.Tensor:
         """A start inside the threat model: uniform in the ε-ball (L2: a random direction and radius), or
         `x + sigma·N(0, 1)` ("normal", TRADES' and MART's start), projected."""
         if kind == "normal":
-            noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-            return self.project(x + sigma * noise, x)
+            return self.project(x + sigma * self.draw(torch.randn, x.shape, gen, x), x)
         if self.norm == "Linf":
-            noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
-            return self.project(x + self.eps * noise, x)
-        direction = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            return self.project(x + self.eps * (self.draw(torch.rand, x.shape, gen, x) * 2 - 1), x)
+        direction = self.draw(torch.randn, x.shape, gen, x)
         direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-        radius = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype)
+        radius = self.draw(torch.rand, (x.shape[0],), gen, x)
         return self.project(x + self.eps * radius.view(-1, *([1] * (x.dim() - 1))) * direction, x)
 
     def ascent_step(self, grad: torch.Tensor, step: float) -> torch.Tensor:

@@ -136,9 +136,11 @@ class TrainingConfig:
     trades_beta: float = option(6.0, min=0)
     mart_beta: float = option(6.0, min=0)
     fgsm_alpha: float | None = option(None, min=0)   # FGSM-RS step, pixel units (None: 1.25·eps, Wong et al. 2020)
-    amp: str = option("none", choices=AMP_MODES)     # autocast dtype (GPU)
+    amp: str = option("none", choices=AMP_MODES)     # autocast dtype: bf16 (GPU or CPU), fp16 (GPU, scaled)
     channels_last: bool = False
     compile: bool = False                            # torch.compile the model
+    tf32: bool = True                                # TF32 matmuls and convolutions on CUDA (Ampere and newer)
+    sync_bn: bool = False                            # batch norm over the global batch in a multi-process job
     select_on_test: bool = False   # the papers picked the best test-set checkpoint; not sound, off by default
     select_metric: str = option("auto", choices=("auto", "pgd", "clean"))  # auto: pgd (clean for standard training)
     val_n: int = option(500, min=0)                  # validation images attacked after each epoch

@@ -47,6 +47,10 @@ class DeviceLoader:
     train=True shuffles each epoch and (with augment) applies zero-padded random crop + flip; train=False
     yields the data in order, unaugmented. The epoch advances by one after each complete pass; call
     `set_epoch(e)` to pin it (e.g. when resuming).
+
+    With `world` > 1 (one process of a distributed job), `batch_size` is the global batch: every process draws
+    the same epoch plan and yields its `rank`-th share (batch_size / world examples) of each global batch, so
+    the union over the processes is exactly the batch one process would see.
     """
 
     def __init__(
@@ -63,6 +67,8 @@ class DeviceLoader:
         flip: bool = True,
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4:
             raise DataError(
@@ -75,6 +81,9 @@ class DeviceLoader:
             raise DataError(f"batch_size must be >= 1 and pad >= 0, got {batch_size} and {pad}")
         if not dtype.is_floating_point:
             raise DataError(f"dtype must be a floating type, got {dtype}")
+        if world < 1 or not 0 <= rank < world or batch_size % world:
+            raise DataError(f"a global batch of {batch_size} does not split over {world} processes; make it a "
+                            f"multiple of {world}")
         self.device = torch.device(device) if device is not None else images_uint8.device
         self.images = images_uint8.to(self.device).contiguous()
         self.labels = labels.to(self.device, torch.int64)
@@ -87,6 +96,7 @@ class DeviceLoader:
         self.flip = flip
         self.channels_last = channels_last
         self.dtype = dtype
+        self.rank, self.world = int(rank), int(world)
         self.epoch = 0
 
     @property
@@ -132,6 +142,9 @@ class DeviceLoader:
             if not self.train:  # in order: plain slices, no gather
                 yield self._to_float(self.images[pos]), self.labels[pos]
                 continue
+            if self.world > 1:  # this process's share of the global batch
+                share = (pos.stop - pos.start) // self.world
+                pos = slice(pos.start + self.rank * share, pos.start + (self.rank + 1) * share)
             idx = order[pos]
             x = self.images[idx]
             if self.augment:

@@ -15,8 +15,11 @@ class DefenseSite(nn.Module):
     """A module that transforms an activation `z` and may expose auxiliary logits.
 
     Subclasses implement `forward(z)`; they read `self.labels` when `self.mask_mode == "label"` and store
-    their auxiliary logits of the current forward in `self.last_aux` (or leave it None).
+    their auxiliary logits of the current forward in `self.last_aux` (or leave it None). `compilable = False`
+    marks a site torch.compile cannot compile (the trainer refuses `training.compile` for it).
     """
+
+    compilable = True
 
     def __init__(self) -> None:
         super().__init__()

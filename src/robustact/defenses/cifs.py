@@ -59,7 +59,8 @@ class _Hidden(nn.Module):
 
 
 class CIFSSite(DefenseSite):
-    """One CIFS site: a probe, its gradient-based channel relevance, and the soft channel mask.
+    """One CIFS site: a probe, its gradient-based channel relevance, and the soft channel mask. Not compilable:
+    the relevance is a gradient taken inside the forward with create_graph (a double backward).
 
     Args:
         channels, num_classes: C and K.
@@ -71,6 +72,8 @@ class CIFSSite(DefenseSite):
         detach_for_mask: True (official) computes the relevance on a detached copy of z, so no gradient
             reaches the input through the mask; False differentiates through it (adaptive attacks).
     """
+
+    compilable = False
 
     def __init__(self, channels: int, num_classes: int, probe: str = "linear", hidden: int = 128, k: int = 2,
                  T: float = 1.0, mask_scale: float = 1.0, detach_for_mask: bool = True,

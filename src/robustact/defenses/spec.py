@@ -64,5 +64,16 @@ class DefenseSpec:
 NO_DEFENSE = DefenseSpec()
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside the wrappers a run may add: DistributedDataParallel / DataParallel, torch.compile."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def defense_spec(model: nn.Module) -> DefenseSpec:
-    return getattr(model, "defense_spec", None) or NO_DEFENSE
+    return getattr(unwrap(model), "defense_spec", None) or NO_DEFENSE

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from robustact import distributed
 from robustact.attacks.base import validate_eps
 from robustact.attacks.registry import make_attack, parse_attack_list
 from robustact.attacks.result import EvalResult
@@ -27,7 +27,7 @@ from robustact.evaluation.sanity import SanityFlag, run_sanity_checks
 from robustact.evaluation.suites import build_suite
 from robustact.fields import parse_number
 from robustact.fileio import WriterLock
-from robustact.utils import get_device, seed_everything
+from robustact.utils import check_amp, get_device, seed_everything
 
 
 @dataclass
@@ -96,6 +96,7 @@ class EvalOptions:
     arch: str | None = None                  # architecture of a checkpoint without robustact metadata
     num_classes: int | None = None           # its classes
     batch_size: int | None = None            # images per attack call (default: the config's, 250)
+    amp: str = "none"                        # none | bf16: the model under autocast (GPU, or CPU)
     seed: int = 0
     sanity_n: int = 200                      # sanity checks on the first N images (0: none)
     progress: bool = True
@@ -169,11 +170,29 @@ def _refuse_to_replace(out: Path, settings: dict, overwrite: bool) -> None:
                          "it, or --out for another file")
 
 
+def _open_report(out: Path | None, settings: dict, options: EvalOptions) -> tuple[WriterLock, EvalJournal] | None:
+    """Rank 0's side of a report: its lock, the check that it replaces nothing else, and the journal."""
+    if out is None:
+        return None
+    lock = WriterLock(out.with_name(f".{out.stem}.lock"), f"report {out}").__enter__()
+    try:
+        _refuse_to_replace(out, settings, options.overwrite)
+        journal = EvalJournal(journal_path(out), settings, restart=options.restart)
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+    if journal.resumed:
+        print(f"resuming the evaluation in {journal.path}: {journal.describe()}", file=sys.stderr)
+    return lock, journal
+
+
 def run_eval(target: str | Path, options: EvalOptions | None = None) -> EvalResult:
     """Evaluate a run directory or checkpoint; the report (JSON + Markdown) is written to `result.meta["report"]`
-    when there is a place for it, and an interrupted evaluation resumes from its journal there."""
+    when there is a place for it, and an interrupted evaluation resumes from its journal there. Under torchrun the
+    batches are shared out over the processes (`engine.evaluate`) and rank 0 writes."""
     options = options or EvalOptions()
     _check(options)
+    job, device = distributed.setup(options.device)
     model, config, weights = load_model(target, which=options.which, arch=options.arch,
                                         num_classes=options.num_classes)
     eps = validate_eps(parse_number(options.eps if options.eps is not None else config.eval.eps))
@@ -181,35 +200,37 @@ def run_eval(target: str | Path, options: EvalOptions | None = None) -> EvalResu
     cascade_names = list(attacks) if options.cascade == "all" else _names(options.cascade)
     cascade = list(_subset(attacks, cascade_names, "--cascade"))
     seed_everything(options.seed)
-    run = _with_test_images(model, config, weights, options.n or config.eval.n, options.device, options.data_root,
+    run = _with_test_images(model, config, weights, options.n or config.eval.n, device, options.data_root,
                             options.download)
     batch_size = options.batch_size or config.eval.batch_size
+    amp = check_amp(options.amp, run.device)
     out = report_path(options, run_of(weights))
     settings = {"checkpoint_sha256": file_digest(weights), "dataset": config.data.dataset, "images": run.images,
                 "suite": options.suite, "protocol": options.protocol,
                 "suite_options": [f"{k}={v}" for k, v in options.suite_options.items()],
                 "attacks": {k: repr(a) for k, a in attacks.items()}, "cascade": cascade, "eps": eps,
-                "seed": options.seed, "batch_size": batch_size}
-    with WriterLock(out.with_name(f".{out.stem}.lock"), f"report {out}") if out is not None else nullcontext():
-        journal = None
-        if out is not None:
-            _refuse_to_replace(out, settings, options.overwrite)
-            journal = EvalJournal(journal_path(out), settings, restart=options.restart)
-            if journal.resumed:
-                print(f"resuming the evaluation in {journal.path}: {journal.describe()}", file=sys.stderr)
+                "seed": options.seed, "batch_size": batch_size} | ({"amp": amp} if amp != "none" else {})
+    lock, journal = distributed.on_main(_open_report, out, settings, options) or (None, None)
+    try:
         result = evaluate(run.model, run.x, run.y, attacks, eps=eps, batch_size=batch_size,
-                          progress=options.progress, seed=options.seed, only_robust=cascade, journal=journal)
-        if options.sanity_n:
-            m = min(options.sanity_n, run.n)
-            subset = {name: r[:m] for name, r in result.robust.items()}
-            flags = run_sanity_checks(run.model, run.x[:m], run.y[:m], subset, eps=eps, seed=options.seed)
-            result.sanity = [asdict(f) | {"n": m} for f in flags]
-        result.meta = {"checkpoint": str(weights), "dataset": config.data.dataset, "images": run.images,
-                       "device": str(run.device), "torch": torch.__version__}
-        if out is not None:
-            write_reports(result, out, result.meta, title=f"Evaluation of {weights}", settings=settings)
-            journal.remove()
-            result.meta["report"] = str(out)
+                          progress=options.progress, seed=options.seed, only_robust=cascade, journal=journal,
+                          amp=amp)
+        result.meta |= {"checkpoint": str(weights), "dataset": config.data.dataset, "images": run.images,
+                        "device": str(run.device), "torch": torch.__version__, "amp": amp}
+        if job.main:
+            if options.sanity_n:
+                m = min(options.sanity_n, run.n)
+                subset = {name: r[:m] for name, r in result.robust.items()}
+                flags = run_sanity_checks(run.model, run.x[:m], run.y[:m], subset, eps=eps, seed=options.seed)
+                result.sanity = [asdict(f) | {"n": m} for f in flags]
+            if out is not None:
+                write_reports(result, out, result.meta, title=f"Evaluation of {weights}", settings=settings)
+                journal.remove()
+                result.meta["report"] = str(out)
+        distributed.barrier()
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
     return result
 
 

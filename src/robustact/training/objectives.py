@@ -36,13 +36,22 @@ class ObjectiveContext:
     mart_beta: float = 6.0
     fgsm_alpha: float | None = None
     extras: dict = field(default_factory=dict)
+    # distributed training: this process's (rank, world), and the module the attacks run on — the network inside
+    # DistributedDataParallel (whose forward expects a backward of the parameters, which attacks never do)
+    shard: tuple[int, int] | None = None
+    attack_model: nn.Module | None = None
 
     @classmethod
-    def from_config(cls, training: TrainingConfig) -> ObjectiveContext:
+    def from_config(cls, training: TrainingConfig, **distributed) -> ObjectiveContext:
         atk = training.attack
         return cls(eps=atk.eps, alpha=atk.alpha if atk.alpha is not None else 2.5 * atk.eps / atk.steps,
                    steps=atk.steps, random_start=atk.random_start, attack_model_mode=atk.model_mode,
-                   trades_beta=training.trades_beta, mart_beta=training.mart_beta, fgsm_alpha=training.fgsm_alpha)
+                   trades_beta=training.trades_beta, mart_beta=training.mart_beta, fgsm_alpha=training.fgsm_alpha,
+                   **distributed)
+
+    def target(self, model: nn.Module) -> nn.Module:
+        """What an attack inside this objective runs on."""
+        return self.attack_model if self.attack_model is not None else model
 
 
 def train_forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -68,7 +77,8 @@ def training_attack(model: nn.Module, ctx: ObjectiveContext, loss: str = "ce"):
     extra = AuxTerm(spec.attack_aux_weight) if spec.attack_aux_weight else None
     return with_training_masks(model, PGD(
         ctx.eps, steps=ctx.steps, alpha=ctx.alpha, random_start=ctx.random_start, model_mode=ctx.attack_model_mode,
-        loss="zero" if spec.aux_only_train_attack else loss, extra_loss=extra, seed=None))
+        loss="zero" if spec.aux_only_train_attack else loss, extra_loss=extra, seed=None, shard=ctx.shard,
+        validate=False))
 
 
 def standard(model, x, y, ctx):
@@ -77,7 +87,7 @@ def standard(model, x, y, ctx):
 
 
 def pgd_at(model, x, y, ctx):
-    x_adv = training_attack(model, ctx)(model, x, y)
+    x_adv = training_attack(model, ctx)(ctx.target(model), x, y)
     logits = train_forward(model, x_adv, y)
     return supervised_loss(model, logits, y), logits
 
@@ -88,8 +98,8 @@ def fgsm_rs(model, x, y, ctx):
     alpha = ctx.fgsm_alpha if ctx.fgsm_alpha is not None else 1.25 * ctx.eps
     extra = AuxTerm(spec.attack_aux_weight) if spec.attack_aux_weight else None
     attack = with_training_masks(model, FGSM(ctx.eps, alpha=alpha, random_start=True, model_mode=ctx.attack_model_mode,
-                                             extra_loss=extra, seed=None))
-    x_adv = attack(model, x, y)
+                                             extra_loss=extra, seed=None, shard=ctx.shard, validate=False))
+    x_adv = attack(ctx.target(model), x, y)
     logits = train_forward(model, x_adv, y)
     return supervised_loss(model, logits, y), logits
 
@@ -120,7 +130,8 @@ def trades_adversary(model: nn.Module, x: torch.Tensor, ctx: ObjectiveContext, a
         aux_nat = aux_logits(model)
     extra = AuxTerm(aux_weight, "kl", reference=aux_nat) if aux_weight and aux_nat else None
     attack = PGD(ctx.eps, steps=ctx.steps, alpha=ctx.alpha, random_start=True, start="normal", start_sigma=0.001,
-                 loss=KLFrom(logits_nat), extra_loss=extra, model_mode=ctx.attack_model_mode, seed=None)
+                 loss=KLFrom(logits_nat), extra_loss=extra, model_mode=ctx.attack_model_mode, seed=None,
+                 shard=ctx.shard, validate=False)
     return attack(model, x, torch.zeros(len(x), dtype=torch.long, device=x.device) if y is None else y)
 
 
@@ -129,7 +140,8 @@ def trades_adversary_two_heads(model: nn.Module, x: torch.Tensor, y: torch.Tenso
     """`trades_adversary` on both heads with the defense's training-attack masks (predicted in eval mode for
     CAS, the label's for EWAS) and its aux weight."""
     weight = defense_spec(model).attack_aux_weight
-    return with_training_masks(model, lambda m, x_, y_: trades_adversary(m, x_, ctx, weight, y_))(model, x, y)
+    return with_training_masks(model, lambda m, x_, y_: trades_adversary(m, x_, ctx, weight, y_))(
+        ctx.target(model), x, y)
 
 
 def trades(model, x, y, ctx):
@@ -139,7 +151,7 @@ def trades(model, x, y, ctx):
     `aux_weight`, mean over sites), and the adversary maximises the KL of both heads (the CAS / EWAS code)."""
     if defense_spec(model).aux_in_objective:
         return _trades_two_heads(model, x, y, ctx)
-    x_adv = trades_adversary(model, x, ctx)
+    x_adv = trades_adversary(ctx.target(model), x, ctx)
     logits_nat = train_forward(model, x, y)
     loss_nat = supervised_loss(model, logits_nat, y)
     logits_adv = train_forward(model, x_adv, y)
@@ -186,7 +198,7 @@ def _mart_two_heads(model, x, y, ctx):
     (1 − p_y) of the *final* head's natural prediction; `mart_aux_kl_bug` compares the adversarial aux
     distribution with itself, as the official EWAS code."""
     spec = defense_spec(model)
-    x_adv = training_attack(model, ctx)(model, x, y)
+    x_adv = training_attack(model, ctx)(ctx.target(model), x, y)
     logits_nat = train_forward(model, x, y)
     aux_nat = aux_logits(model)
     logits_adv = train_forward(model, x_adv, y)
@@ -203,7 +215,7 @@ def _mart_two_heads(model, x, y, ctx):
 def mart(model, x, y, ctx):
     if defense_spec(model).aux_in_objective:
         return _mart_two_heads(model, x, y, ctx)
-    x_adv = training_attack(model, ctx)(model, x, y)
+    x_adv = training_attack(model, ctx)(ctx.target(model), x, y)
     logits_nat = train_forward(model, x, y)
     logits_adv = train_forward(model, x_adv, y)
     loss = mart_loss(logits_adv, logits_nat, y, ctx.mart_beta)
