@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 RUN    ?= runs/demo
 export ROBUSTACT_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo demo-baseline test test-slow lint bench clean-venv
+.PHONY: demo demo-baseline test test-slow lint bench gpu-prep clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/robustact bench
+
+# What benchmarks/gpu_check.sh carries to a GPU machine without network: a CIFAR-10 subset and the official
+# AutoAttack's wheel (both git-ignored). Then, there: `bash benchmarks/gpu_check.sh` (docs/benchmarks.md).
+gpu-prep: $(VENV)/.installed
+	$(BIN)/python benchmarks/make_gpu_data.py --out .gpu/data
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d .whl pyautoattack
 
 clean-venv:
 	rm -rf $(VENV)

@@ -128,3 +128,16 @@ def test_evaluation_backs_off_on_out_of_memory():
 def test_cuda_device_without_cuda_is_one_line(capsys):
     assert main(["bench", "--device", "cuda", "--archs", "resnet_small"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_resume_restores_rng_states_of_eleven_or_more_gpus_in_device_order(monkeypatch):
+    """0.1.0 sorted the keys as strings (cuda0, cuda1, cuda10, cuda11, cuda2, …): with 11+ GPUs each device got
+    another device's generator on resume."""
+    from robustact.checkpoints.state import set_rng_state
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.extend(states))
+    state = {f"rng.cuda{i}": torch.full((4,), i, dtype=torch.uint8) for i in reversed(range(12))}
+    set_rng_state(state)
+    assert [int(s[0]) for s in restored] == list(range(12))
