@@ -73,7 +73,7 @@ def test_unknown_keys_are_rejected_at_every_level(section, key):
     ("model.arch_kwargs={width: eight}", ["model.arch_kwargs.width", "integer"]),
     ("model.defense=cas", None),
     ("model.defense_kwargs={betta: 2}", ["defense_kwargs", "without a defense"]),
-    ("model.activation=swish", ["model.activation", "unknown activation"]),
+    ("model.activation=mish", ["model.activation", "unknown activation"]),
     ("model.activation={name: sparta, beta: 2}", ["model.activation", "does not take beta"]),
     ("training=fast", ["training", "mapping"]),
     ("training.attack=pgd", ["training.attack", "mapping"]),

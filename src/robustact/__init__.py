@@ -8,4 +8,26 @@ __version__ = "0.1.0"
 from robustact.data import load_dataset  # noqa: E402
 from robustact.defenses import build_model  # noqa: E402
 
-__all__ = ["__version__", "build_model", "load_dataset"]
+
+def load_model(path_or_run, arch: str | None = None, *, which: str = "best", num_classes: int | None = None,
+               normalize=None, **arch_options):
+    """A run's or checkpoint's model, in eval mode on the CPU: robustact checkpoints rebuild themselves; a foreign
+    state_dict (`.pt`, read with weights_only; RobustBench, TRADES, DeepMind, kuangliu layouts) needs `arch` — a
+    name or "auto" — and takes the architecture's options (`depth=34, widen_factor=20`, `shortcut="input"`,
+    `activation="swish"`). `normalize` states the input normalisation it was trained with ("cifar10", "none",
+    (mean, std)); it must agree with what the checkpoint carries (docs/interop.md)."""
+    from robustact.checkpoints import load_model as _load
+
+    return _load(path_or_run, which=which, arch=arch, num_classes=num_classes, normalize=normalize,
+                 **arch_options)[0]
+
+
+def benchmark(model, dataset: str = "cifar10", norm: str = "Linf", eps=None, n: int = 1000,
+              suite: str | None = "standard", **options):
+    """`robustact eval` for any nn.Module (images in [0, 1] -> logits): see `robustact.evaluation.benchmark`."""
+    from robustact.evaluation import benchmark as _benchmark
+
+    return _benchmark(model, dataset=dataset, norm=norm, eps=eps, n=n, suite=suite, **options)
+
+
+__all__ = ["__version__", "benchmark", "build_model", "load_dataset", "load_model"]

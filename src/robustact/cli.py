@@ -68,6 +68,11 @@ def _eval_and_print(target: str, options) -> None:
         return
     meta = result.meta
     print(format_table(result, title=f"{meta['checkpoint']}  ({meta['dataset']} test images 0-{result.n - 1})"))
+    classes = meta.get("num_classes") or 10
+    if "model" in meta and result.accuracy()["clean"] < 2 / classes:  # a foreign checkpoint near chance
+        print(f"robustact: note: clean accuracy {result.accuracy()['clean']:.1%} is near chance for {classes} "
+              "classes: check --normalize (the input normalisation the model was trained with) and --arch-opt "
+              "(docs/interop.md)", file=sys.stderr)
     if "report" in meta:
         report = Path(meta["report"])
         print(f"report: {report} (+ {report.with_suffix('.md').name})")
@@ -82,11 +87,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
         protocol=args.protocol, cascade=args.cascade, n=args.n, eps=args.eps, out=args.out, restart=args.restart,
         overwrite=args.overwrite,
         which=args.which, arch=args.arch, num_classes=args.num_classes, batch_size=args.batch_size, seed=args.seed,
-        amp=args.amp,
+        amp=args.amp, norm=args.norm, official=args.official, normalize=args.normalize,
+        arch_options=parse_arch_options(args.arch_opt or []),
         sanity_n=args.sanity_n, progress=not args.no_progress, data_root=args.data_dir, device=args.device,
         download=args.download)
     _eval_and_print(args.target, options)
     return 0
+
+
+def _norm_name(text: str) -> str:
+    """linf / Linf / LINF -> Linf; l2 -> L2 (argparse turns a ValueError into a one-line usage error)."""
+    names = {"linf": "Linf", "l2": "L2"}
+    if text.strip().lower() not in names:
+        raise argparse.ArgumentTypeError(f"expected Linf or L2, got {text!r}")
+    return names[text.strip().lower()]
+
+
+def parse_arch_options(items: list[str]) -> dict:
+    """["depth=34,widen_factor=20", "activation=swish"] -> {"depth": 34, "widen_factor": 20, "activation":
+    "swish"}: values read as YAML, as --set reads them; the architecture then type-checks them."""
+    import yaml
+
+    from robustact.errors import ConfigError
+
+    out = {}
+    for item in (part for chunk in items for part in chunk.split(",") if part.strip()):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--arch-opt expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
 
 
 # ---------------------------------------------------------------- reports, analyses, information
@@ -204,7 +237,11 @@ def _eval_parser(sub) -> None:
     p.add_argument("--n", "--num-images", dest="n", type=int,
                    help="first N test images (default: the run config's, 1000); under torchrun write --num-images, "
                         "which torchrun does not take for its own --nnodes")
-    p.add_argument("--eps", help="Linf radius in pixel units, e.g. 8/255")
+    p.add_argument("--eps", help="radius: Linf in pixel units, e.g. 8/255 (default: the run's); L2 e.g. 0.5 (default)")
+    p.add_argument("--norm", default="Linf", type=_norm_name, help="threat model: Linf (default) or L2")
+    p.add_argument("--official", action="store_true",
+                   help="also run the official AutoAttack (pyautoattack) beside each AutoAttack, same examples; "
+                        "the report has both, per example, and their agreement")
     p.add_argument("--out", help="JSON report path (default: RUN/eval/SUITE.json); an interrupted evaluation "
                                  "resumes from OUT's journal, NAME.partial.json, when run again")
     p.add_argument("--restart", action="store_true", help="discard the journal of an interrupted evaluation")
@@ -212,8 +249,16 @@ def _eval_parser(sub) -> None:
                    help="replace a finished report of another evaluation at the report path")
     p.add_argument("--which", default="best", choices=["best", "last"],
                    help="run checkpoint: best on validation (default) or last")
-    p.add_argument("--arch", help="architecture of a checkpoint without robustact metadata")
-    p.add_argument("--num-classes", type=int, help="classes of a checkpoint without robustact metadata")
+    p.add_argument("--arch", help="architecture of a checkpoint without robustact metadata (robustact info lists "
+                                  "them), or auto: read it from the checkpoint's keys")
+    p.add_argument("--arch-opt", action="append", metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="its options, e.g. depth=34,widen_factor=20 or shortcut=input or activation=swish")
+    p.add_argument("--num-classes", type=int,
+                   help="classes of a checkpoint without robustact metadata (default: from its final layer)")
+    p.add_argument("--normalize", metavar="NAME|MEAN,STD",
+                   help="the input normalisation the model was trained with: cifar10, cifar10-kuangliu, cifar100, "
+                        "svhn, imagenet, none, or numbers (2: all channels; 6: 3 means then 3 stds); it must agree "
+                        "with what the checkpoint carries")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--amp", default="none", choices=["none", "bf16"],
                    help="bf16: run the model under autocast (faster on GPUs; agreement with fp32: docs/benchmarks.md)")

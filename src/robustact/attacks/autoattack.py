@@ -1,7 +1,9 @@
 """AutoAttack (Croce & Hein 2020): an ensemble of parameter-free attacks run in cascade.
 
 "standard" = APGD-CE (100 steps, 1 restart), APGD-T (9 targets), FAB-T (9 targets), Square (5000 queries);
-"plus" = APGD-CE and APGD-DLR with 5 restarts, untargeted FAB with 5 restarts, Square, APGD-T, FAB-T. Each
+"plus" = APGD-CE and APGD-DLR with 5 restarts, untargeted FAB with 5 restarts, Square, APGD-T, FAB-T;
+"rand" = APGD-CE and APGD-DLR with Expectation over Transformation (the gradient averaged over 20 forward passes),
+for models whose forward pass is random (the sanity check `randomized_forward` says when). Each
 attack runs only on the examples every earlier attack failed on, so the worst case per example comes at the
 cost of the strongest attack on the hard examples only. The attacks are diverse on purpose: APGD-DLR/T are
 invariant to logit scaling, FAB minimises the distance, Square needs no gradients.
@@ -24,21 +26,25 @@ from robustact.attacks.result import EvalResult
 from robustact.attacks.square import Square
 from robustact.errors import RobustactError
 
-VERSIONS = ("standard", "plus", "custom")
+VERSIONS = ("standard", "plus", "rand", "custom")
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 PLUS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+RAND = ("apgd-ce", "apgd-dlr")
+EOT_ITER = 20  # the official "rand" version's gradient samples per step
 
 
 def build_component(name: str, eps: float, norm: str, *, version: str = "standard", seed: int | None = 0,
                     extra_loss=None, model_mode: str = "eval") -> Attack:
-    """One of AutoAttack's attacks with the official settings of `version` ("plus" has 5 restarts)."""
+    """One of AutoAttack's attacks with the official settings of `version` ("plus" has 5 restarts, "rand" EOT
+    over 20 passes)."""
     restarts = 5 if version == "plus" else 1
     grad_kw = {"seed": seed, "extra_loss": extra_loss, "model_mode": model_mode}
+    eot = {"eot_iter": EOT_ITER} if version == "rand" else {}
     if name == "apgd-ce":
-        return APGD(eps, norm, loss="ce", steps=100, restarts=restarts, **grad_kw)
+        return APGD(eps, norm, loss="ce", steps=100, restarts=restarts, **eot, **grad_kw)
     if name == "apgd-dlr":
-        return APGD(eps, norm, loss="dlr", steps=100, restarts=restarts, **grad_kw)
+        return APGD(eps, norm, loss="dlr", steps=100, restarts=restarts, **eot, **grad_kw)
     if name == "apgd-t":
         return APGDT(eps, norm, steps=100, n_target_classes=9, restarts=1, **grad_kw)
     if name == "fab":
@@ -55,7 +61,8 @@ class AutoAttack(Attack):
     evaluation's own result type: per attack and per example, in cascade by default, and `x_adv`).
 
     Args:
-        version: "standard", "plus" or "custom" (then `attacks` names the subset, in order).
+        version: "standard", "plus", "rand" (random models: EOT) or "custom" (then `attacks` names the subset,
+            in order).
         attacks: for "custom": names from `ATTACK_NAMES`, Attack objects, or a {name: Attack} mapping
             (e.g. a Square with fewer queries).
         seed: seeds every component afresh on every batch (same inputs, same result).
@@ -98,7 +105,7 @@ class AutoAttack(Attack):
                     raise RobustactError(f"attack {key!r} given twice; name them with a mapping")
                 self.attacks[key] = atk if atk is not None else build_component(key, eps, norm, **kw)
         else:
-            names = STANDARD if version == "standard" else PLUS
+            names = {"standard": STANDARD, "plus": PLUS, "rand": RAND}[version]
             self.attacks = {n: build_component(n, eps, norm, version=version, **kw) for n in names}
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -113,7 +120,8 @@ class AutoAttack(Attack):
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> EvalResult:
         clean = predict(model, x, self.batch_size, labels=y) == y
-        res = EvalResult(n=len(y), eps=self.eps, clean=clean.clone(), x_adv=x.clone(), seed=self.seed or 0,
+        res = EvalResult(n=len(y), eps=self.eps, norm=self.norm, clean=clean.clone(), x_adv=x.clone(),
+                         seed=self.seed or 0,
                          attacks={name: repr(a) for name, a in self.attacks.items()},
                          cascaded=list(self.attacks) if self.cascade else [])
         robust = clean.clone()

@@ -22,6 +22,9 @@ STARTS = ("uniform", "normal")
 _NCHW_ONLY: weakref.WeakSet = weakref.WeakSet()  # models whose forward needs NCHW-contiguous maps
 
 
+L2_EPS_MAX = 4.0  # an L2 radius above this in [0, 1] pixel space is a unit mistake, not a threat model
+
+
 def validate_eps(eps: float, norm: str = "Linf") -> float:
     """Reject ε values that are surely a unit mistake (8 for 8/255) or not a number."""
     if norm not in NORMS:
@@ -36,6 +39,10 @@ def validate_eps(eps: float, norm: str = "Linf") -> float:
         raise RobustactError(
             f"Linf eps={eps:g} is larger than the [0, 1] pixel range; give it in pixel units, e.g. {eps:g}/255"
         )
+    if norm == "L2" and eps > L2_EPS_MAX:
+        raise RobustactError(f"L2 eps={eps:g} is far beyond the radii L2 robustness is measured at (0.5 on CIFAR-10 "
+                             f"and SVHN, up to ~3 on ImageNet; images in [0, 1]); was it meant as an Linf "
+                             f"{eps:g}/255 (--norm Linf)?")
     return eps
 
 

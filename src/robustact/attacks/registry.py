@@ -1,5 +1,6 @@
 """Attacks by name, as the CLI and presets write them: `fgsm`, `pgd20`, `pgd100x5`, `cw`, `cw30`, `apgd-ce`,
-`apgd-t`, `fab-t`, `square`, `aa` (AutoAttack standard)."""
+`apgd-t`, `fab-t`, `square`, `aa` (AutoAttack standard), `aa-plus`, `aa-rand` (EOT, for random models), and
+`aa-official` / `aa-plus-official` / `aa-rand-official` (the official implementation, `pip install pyautoattack`)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,22 @@ from robustact.attacks.autoattack import AutoAttack
 from robustact.attacks.base import Attack
 from robustact.attacks.fab import FAB
 from robustact.attacks.fgsm import FGSM
+from robustact.attacks.official import OfficialAutoAttack
 from robustact.attacks.pgd import PGD
 from robustact.attacks.square import Square
 from robustact.errors import RobustactError
 
 _PGD = re.compile(r"^(pgd|cw)(\d+)?(?:x(\d+))?$")
 KNOWN = "fgsm, pgdK (e.g. pgd20), pgdKxR (R restarts), cw / cwK (CW-inf margin, default 30 steps), " \
-        "apgd-ce, apgd-dlr, apgd-t, fab-t, square, aa (AutoAttack standard)"
+        "apgd-ce, apgd-dlr, apgd-t, fab-t, square, aa (AutoAttack standard), aa-plus, aa-rand (EOT, random " \
+        "models), and aa[-plus|-rand]-official (the official code, pyautoattack)"
+AUTOATTACKS = {"aa": "standard", "aa-standard": "standard", "aa-plus": "plus", "aa-rand": "rand"}
+
+
+def official_counterpart(name: str) -> str | None:
+    """`aa` -> `aa-official` (likewise -plus, -rand): what `--official` adds beside each AutoAttack."""
+    key = name.strip().lower()
+    return f"{key}-official" if key in AUTOATTACKS else None
 
 
 def make_attack(name: str, eps: float, norm: str = "Linf", *, seed: int = 0, **kwargs) -> Attack:
@@ -38,10 +48,13 @@ def make_attack(name: str, eps: float, norm: str = "Linf", *, seed: int = 0, **k
         "apgd-t": lambda: APGDT(eps, norm, seed=seed, **kwargs),
         "fab-t": lambda: FAB(eps, norm, seed=seed, **kwargs),
         "square": lambda: Square(eps, norm, seed=seed, **kwargs),
-        "aa": lambda: AutoAttack(eps, norm, version="standard", seed=seed, **kwargs),
     }
     if key in strong:
         return strong[key]()
+    if key in AUTOATTACKS:
+        return AutoAttack(eps, norm, version=AUTOATTACKS[key], seed=seed, **kwargs)
+    if key.endswith("-official") and key.removesuffix("-official") in AUTOATTACKS:
+        return OfficialAutoAttack(eps, norm, version=AUTOATTACKS[key.removesuffix("-official")], seed=seed, **kwargs)
     raise RobustactError(f"unknown attack {name!r}; known: {KNOWN}")
 
 

@@ -25,6 +25,11 @@ class EvalResult:
     cascaded: list[str] = field(default_factory=list)
     x_adv: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)  # what was evaluated (checkpoint, images, device), set by run_eval
+    norm: str = "Linf"
+
+    def threat_model(self) -> str:
+        """ε as people write it: `8/255` for L∞ (pixel units), `L2 0.5`."""
+        return f"{self.eps * 255:.4g}/255" if self.norm == "Linf" else f"{self.norm} {self.eps:.4g}"
 
     @property
     def worst(self) -> torch.Tensor:
@@ -54,6 +59,7 @@ class EvalResult:
         return {
             "n": self.n,
             "eps": self.eps,
+            **({"norm": self.norm} if self.norm != "Linf" else {}),
             "seed": self.seed,
             "accuracy": self.accuracy(),
             "attacks": self.attacks,

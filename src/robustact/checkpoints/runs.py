@@ -9,11 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustact.checkpoints.layouts import classes_in, infer_arch, split_normalization
 from robustact.checkpoints.state import weights_path
 from robustact.checkpoints.weights import load_weights_into, read_weights
 from robustact.config import DEFAULTS, RunConfig, load_run_config
 from robustact.defenses.build import build_model
 from robustact.errors import CheckpointError
+from robustact.models.normalization import Normalize, describe_normalize, parse_normalize, same_normalize
 
 
 def run_of(weights: Path) -> Path | None:
@@ -73,11 +75,15 @@ def stored_build_kwargs(meta: dict[str, str], source: Path) -> dict[str, Any]:
 
 
 def load_model(path: str | Path, which: str = "best", arch: str | None = None, num_classes: int | None = None,
-               **build_overrides) -> tuple[nn.Module, RunConfig, Path]:
+               normalize: Any = None, **build_overrides) -> tuple[nn.Module, RunConfig, Path]:
     """Model (eval mode, CPU) with its weights, the run config, and the weights file used.
 
-    robustact checkpoints carry their architecture and build arguments; a foreign state_dict (`.pt` loaded
-    with weights_only=True, or safetensors without metadata) needs `arch` (and `num_classes` if not 10).
+    robustact checkpoints carry their architecture, build arguments and normalisation; a foreign state_dict (`.pt`
+    loaded with weights_only=True, or safetensors without metadata) needs `arch` — a name, or "auto" to read it
+    from the keys — and takes architecture options as `build_overrides` (`depth=34, widen_factor=20`).
+    `normalize` (a name, "none" or (mean, std)) states the input normalisation the model was trained with: it
+    must agree with what the checkpoint carries (metadata, or `mu`/`sigma`-style buffers), and is used when it
+    carries none; left None, the checkpoint's own or the architecture's default applies.
     """
     weights, run = resolve_checkpoint(path, which)
     tensors, meta = read_weights(weights)
@@ -85,16 +91,50 @@ def load_model(path: str | Path, which: str = "best", arch: str | None = None, n
     if meta.get("format") == "robustact-1":
         kwargs = stored_build_kwargs(meta, weights)
         ckpt_arch = meta.get("arch")
-        if arch and arch != ckpt_arch:
+        if build_overrides:
+            raise CheckpointError(f"{weights} is a robustact checkpoint: it carries its architecture's options; drop "
+                                  f"--arch-opt ({', '.join(build_overrides)})")
+        if arch and arch not in (ckpt_arch, "auto"):
             raise CheckpointError(f"{weights} holds a '{ckpt_arch}' model, not '{arch}'; drop --arch or pick another")
-        model = build_model(ckpt_arch, **(kwargs | build_overrides))
+        _agree(parse_normalize(kwargs.get("normalize")), normalize, f"{weights} was saved with")
+        model = build_model(ckpt_arch, **kwargs)
     else:
-        if not arch:
-            raise CheckpointError(f"{weights} carries no robustact metadata; say which network it is with --arch")
-        model = build_model(arch, num_classes=num_classes or 10, **build_overrides)
+        tensors, model = _foreign_model(tensors, str(weights), arch, num_classes, normalize, build_overrides)
     load_weights_into(model, tensors, str(weights))
     model.eval()
     return model, config, weights
+
+
+def _agree(carried: Normalize, asked: Any, what: str) -> None:
+    """A normalisation the user states must be the one the weights came with: a silent mismatch gives wrong
+    numbers that look plausible."""
+    if asked is None:
+        return
+    wanted = parse_normalize(asked)
+    if not same_normalize(carried, wanted):
+        raise CheckpointError(f"{what} input normalisation {describe_normalize(carried)}; --normalize "
+                              f"{describe_normalize(wanted)} contradicts it (drop --normalize)")
+
+
+def _foreign_model(tensors: dict[str, torch.Tensor], source: str, arch: str | None, num_classes: int | None,
+                   normalize: Any, options: dict[str, Any]) -> tuple[dict[str, torch.Tensor], nn.Module]:
+    """The network a state_dict without robustact metadata belongs to, built with the normalisation it carries
+    (or the one stated), and its tensors without the normalisation buffers."""
+    if not arch:
+        raise CheckpointError(f"{source} carries no robustact metadata; say which network it is with --arch NAME "
+                              "(or --arch auto)")
+    tensors, carried, buffers = split_normalization(tensors, source)
+    if arch == "auto":
+        inferred = infer_arch(tensors, options, source)
+        arch, options = inferred.arch, inferred.options | options
+        num_classes = num_classes or inferred.num_classes
+    if carried is not None:
+        _agree(carried, normalize, f"{source} carries (in its {buffers} buffers) the")
+        norm: Any = carried
+    else:
+        norm = "default" if normalize is None else normalize
+    model = build_model(arch, num_classes=num_classes or classes_in(tensors) or 10, normalize=norm, **options)
+    return tensors, model
 
 
 def load_source_model(path: str | Path, which: str = "best") -> nn.Module:

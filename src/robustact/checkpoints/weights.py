@@ -13,8 +13,10 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from robustact.checkpoints.layouts import state_dict_of, strip_prefixes
 from robustact.errors import CheckpointError
 from robustact.fileio import atomic_write_bytes
+from robustact.models.normalization import describe_normalize, parse_normalize, same_normalize
 
 
 def model_metadata(model: nn.Module) -> dict[str, str]:
@@ -40,7 +42,8 @@ def save_weights(model: nn.Module, path: str | Path, extra_meta: dict[str, str] 
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Weights and metadata from a safetensors file, or a plain state_dict `.pt` read with weights_only."""
+    """Weights and metadata from a safetensors file, or a `.pt` read with weights_only: the state_dict inside the
+    usual wrappers, without DataParallel/wrapper prefixes (`checkpoints.layouts`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -54,7 +57,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
                 meta = f.metadata() or {}
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
-        return tensors, meta
+        return (tensors if meta.get("format") == "robustact-1" else strip_prefixes(tensors)), meta
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 — any unpickling failure is the user's file
@@ -62,12 +65,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
             f"{path} could not be read as a plain state_dict with weights_only=True ({type(exc).__name__}); "
             "robustact never unpickles arbitrary objects — convert it to safetensors"
         ) from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state_dict of tensors")
-    obj = {k.removeprefix("module."): v for k, v in obj.items()}
-    return obj, {}
+    return strip_prefixes(state_dict_of(obj, str(path))), {}
 
 
 def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -101,11 +99,18 @@ def init_weights_from(model: nn.Module, source: str | Path, optional: Callable[[
     except the `optional` ones (a defense's or a learned activation's own modules), which are loaded when
     the source has them and keep their fresh initialisation otherwise; source keys `model` lacks are ignored.
     Returns (tensors loaded, optional tensors kept fresh)."""
-    from robustact.checkpoints.runs import resolve_checkpoint
+    from robustact.checkpoints.runs import resolve_checkpoint, stored_build_kwargs
 
     weights, _ = resolve_checkpoint(source, which)
-    tensors, _ = read_weights(weights)
+    tensors, meta = read_weights(weights)
     target = getattr(model, "_orig_mod", model)
+    if meta.get("format") == "robustact-1":  # weights learned on normalised inputs need the same normalisation
+        theirs = parse_normalize(stored_build_kwargs(meta, weights).get("normalize"))
+        ours = parse_normalize(getattr(target, "build_kwargs", {}).get("normalize"))
+        if not same_normalize(theirs, ours):
+            raise CheckpointError(f"init_from {weights} was trained with input normalisation "
+                                  f"{describe_normalize(theirs)}, this model has {describe_normalize(ours)}; set "
+                                  "model.normalize to match")
     own = target.state_dict()
     missing, shape = _misfits(own, tensors)
     missing = [k for k in missing if not optional(k)]

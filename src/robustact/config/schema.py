@@ -18,6 +18,7 @@ from robustact.defenses.placement import parse_defense_options
 from robustact.errors import ConfigError, RobustactError
 from robustact.fields import option, parse_options, parse_value, to_plain
 from robustact.models.activations import canonical_activation
+from robustact.models.normalization import NONE, parse_normalize
 from robustact.models.registry import arch_family, check_arch_kwargs
 
 OBJECTIVES = ("standard", "pgd_at", "trades", "mart", "fgsm_rs")
@@ -37,6 +38,15 @@ def _eps(value: Any, where: str) -> float:
 
 def _activation(value: Any, where: str) -> str | dict:
     return at_key(where, canonical_activation, value)
+
+
+def _normalize(value: Any, where: str) -> list[list[float]] | str | None:
+    """None (the architecture's own), "none" (raw [0, 1] input, explicitly), or [[means], [stds]]."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() in NONE:
+        return "none"
+    return parse_normalize(value, where=where)
 
 
 def at_key(where: str, check, *args: Any) -> Any:
@@ -74,7 +84,7 @@ class ModelConfig:
     defense: str | None = None                        # none | cas | cifs | ewas
     defense_kwargs: dict = field(default_factory=dict)  # the defense's options (docs/<defense>.md)
     activation: Any = option("relu", parse=_activation)  # a name, or {name: sparta, kernel_size: 5, beta0: 1}
-    normalize: list[list[float]] | None = None         # [mean, std] inside the model, or None for raw [0, 1] input
+    normalize: Any = option(None, parse=_normalize)  # cifar10 | ... | none | [mean, std]; None: the arch default
     init_from: str | None = None          # run/checkpoint whose weights the model starts from (fine-tuning, CIFS-AT)
     activation_from: str | None = None    # run/checkpoint whose learned activations (Sparta) are copied in
     activation_freeze: bool = True        # freeze the copied activations (requires_grad=False)
@@ -91,8 +101,6 @@ class ModelConfig:
             options = parse_defense_options(self.defense, self.defense_kwargs, f"{where}.defense_kwargs")
             self.defense = self.defense.lower()
             self.defense_kwargs = {k: v for k, v in to_plain(options).items() if k in self.defense_kwargs}
-        if self.normalize is not None and len(self.normalize) != 2:
-            raise ConfigError(f"{where}.normalize: expected [mean, std], got {self.normalize}")
 
 
 @dataclass

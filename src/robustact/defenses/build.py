@@ -22,13 +22,14 @@ def is_no_defense(defense: Any) -> bool:
 
 
 def build_model(arch: str, num_classes: int = 10, defense: str | None = None, activation: ActivationSpec = "relu",
-                normalize: tuple[Any, Any] | None = None, *, defense_kwargs: Mapping[str, Any] | None = None,
+                normalize: Any = "default", *, defense_kwargs: Mapping[str, Any] | None = None,
                 **kwargs: Any) -> nn.Module:
     """`arch` for `num_classes` classes with `defense` (None/"none": plain): `forward(x in [0, 1]) -> logits`.
 
-    `activation` is a name or `{name: ..., **options}`; `normalize=(mean, std)` puts input normalisation inside
-    the model; `kwargs` are architecture options (e.g. `width`, `depth`) — with a defense, the ones the
-    architecture does not take are defense options, as are `defense_kwargs`."""
+    `activation` is a name or `{name: ..., **options}`; `normalize` (a name, (mean, std), or None for none) puts
+    input normalisation inside the model ("default": the architecture's own); `kwargs` are architecture options
+    (e.g. `width`, `depth`) — with a defense, the ones the architecture does not take are defense options, as are
+    `defense_kwargs`."""
     has_defense = not is_no_defense(defense)
     takes = arch_options(arch)
     arch_kwargs = {k: v for k, v in kwargs.items() if k in takes or not has_defense}

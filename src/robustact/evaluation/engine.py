@@ -24,7 +24,7 @@ _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: dict[str, Attack], *,
              eps: float, batch_size: int = 250, progress: bool = True, seed: int = 0,
              only_robust: bool | Collection[str] = False, journal: EvalJournal | None = None,
-             amp: str = "none") -> EvalResult:
+             amp: str = "none", norm: str = "Linf") -> EvalResult:
     """Clean accuracy, then each attack on every clean-correct example, so each attack's accuracy stands on
     its own (as papers report them). `only_robust=True` cascades like AutoAttack: each attack only on the
     examples still robust — the worst case is the same, it is faster, but per-attack figures become cumulative.
@@ -39,7 +39,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: dict[s
         raise RobustactError(f"batch_size must be >= 1, got {batch_size}")
     with autocast_context(amp, x.device):
         clean = predict(model, x, batch_size, labels=y) == y
-    result = EvalResult(n=len(y), eps=eps, clean=clean.cpu(), seed=seed,
+    result = EvalResult(n=len(y), eps=eps, norm=norm, clean=clean.cpu(), seed=seed,
                         attacks={name: repr(a) for name, a in attacks.items()})
     cascaded = set(attacks) if only_robust is True else set(only_robust or ())
     unknown = cascaded - set(attacks)

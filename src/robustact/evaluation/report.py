@@ -17,9 +17,10 @@ def format_table(result: EvalResult, title: str = "") -> str:
     for name, value in acc.items():
         secs = result.seconds.get(name)
         lines.append(f"{name:<{width}}{100 * value:>9.2f}%{'' if secs is None else f'{secs:>10.1f}'}")
-    lines.append(f"(n = {result.n} test images, eps = {result.eps * 255:.3g}/255)")
+    lines.append(f"(n = {result.n} test images, eps = {result.threat_model()})")
     if result.cascaded:
         lines.append(f"cascaded (run only on the examples robust to every attack above): {', '.join(result.cascaded)}")
+    lines += agreement_lines(result)
     fired = [f for f in result.sanity if f["fired"]]
     if result.sanity:
         lines.append(f"sanity checks: {len(result.sanity) - len(fired)} passed, {len(fired)} flagged")
@@ -27,16 +28,28 @@ def format_table(result: EvalResult, title: str = "") -> str:
     return "\n".join(lines)
 
 
+def agreement_lines(result: EvalResult) -> list[str]:
+    """robustact's AutoAttack vs the official one (`--official`), per example."""
+    out = []
+    for pair, a in result.meta.get("official_agreement", {}).items():
+        differ = a["differ"]
+        shown = ", ".join(map(str, differ[:10])) + (", ..." if len(differ) > 10 else "")
+        out.append(f"{pair}: same outcome on {a['agree']} of {a['examples']} attacked examples"
+                   + (f" (differ on test images {shown})" if differ else ""))
+    return out
+
+
 def format_markdown(result: EvalResult, title: str = "Evaluation", meta: dict | None = None) -> str:
     acc = result.accuracy()
     out = [f"# {title}", ""]
     for key, value in (meta or {}).items():
         out.append(f"- {key}: {value}")
-    out += [f"- n: {result.n} (the first {result.n} test images)", f"- eps: {result.eps * 255:.4g}/255",
+    out += [f"- n: {result.n} (the first {result.n} test images)", f"- eps: {result.threat_model()}",
             f"- seed: {result.seed}"]
     if result.cascaded:
         out.append(f"- cascaded (run only on the examples robust to every attack above them; their accuracy is "
                    f"cumulative): {', '.join(result.cascaded)}")
+    out += ["- " + line for line in agreement_lines(result)]
     out += ["", "| attack | accuracy (%) | seconds | settings |",
             "| --- | ---: | ---: | --- |"]
     for name, value in acc.items():

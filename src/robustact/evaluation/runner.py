@@ -4,20 +4,22 @@ device) and `run_eval` (attack it with a suite or a list of attacks, sanity chec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from robustact import distributed
-from robustact.attacks.base import validate_eps
-from robustact.attacks.registry import make_attack, parse_attack_list
+from robustact.attacks.base import NORMS, validate_eps
+from robustact.attacks.registry import make_attack, official_counterpart, parse_attack_list
 from robustact.attacks.result import EvalResult
 from robustact.checkpoints import load_model, run_of
-from robustact.config import RunConfig
+from robustact.config import DEFAULTS, RunConfig
 from robustact.data import dataset_info, test_split
 from robustact.errors import RobustactError
 from robustact.evaluation.engine import evaluate
@@ -28,6 +30,8 @@ from robustact.evaluation.suites import build_suite
 from robustact.fields import parse_number
 from robustact.fileio import WriterLock
 from robustact.utils import check_amp, get_device, seed_everything
+
+L2_DEFAULT_EPS = 0.5  # RobustBench's L2 threat model on CIFAR-10
 
 
 @dataclass
@@ -71,9 +75,10 @@ def _with_test_images(model: nn.Module, config: RunConfig, weights: Path, n: int
 
 def open_run(target: str | Path, which: str = "best", n: int | None = None, device: str | None = None, *,
              arch: str | None = None, num_classes: int | None = None, data_root: str | None = None,
-             download: bool = False) -> OpenedRun:
+             download: bool = False, normalize: Any = None, arch_options: dict | None = None) -> OpenedRun:
     """Load a run directory or checkpoint and the first `n` test images (all when None) of its data."""
-    model, config, weights = load_model(target, which=which, arch=arch, num_classes=num_classes)
+    model, config, weights = load_model(target, which=which, arch=arch, num_classes=num_classes,
+                                        normalize=normalize, **(arch_options or {}))
     return _with_test_images(model, config, weights, n, device, data_root, download)
 
 
@@ -88,13 +93,17 @@ class EvalOptions:
     protocol: str | None = None              # a defense's paper suite on an undefended model
     cascade: str | list[str] | None = None   # these attacks (or "all") only on examples robust so far
     n: int | None = None                     # the first n test images (default: the config's, 1000)
-    eps: float | str | None = None           # L-inf radius, pixel units (default: the config's, 8/255)
+    eps: float | str | None = None           # radius; L-inf in pixel units (default: the config's, 8/255; L2: 0.5)
+    norm: str = "Linf"                       # threat model: Linf | L2
     out: str | Path | None = None            # report path (default: RUN/eval/NAME.json; none for a bare file)
     restart: bool = False                    # discard the journal of an interrupted evaluation
     overwrite: bool = False                  # replace a finished report of another evaluation at `out`
     which: str = "best"                      # run checkpoint: best (validation) or last
-    arch: str | None = None                  # architecture of a checkpoint without robustact metadata
-    num_classes: int | None = None           # its classes
+    arch: str | None = None                  # architecture of a checkpoint without robustact metadata, or "auto"
+    arch_options: dict = field(default_factory=dict)  # its options, e.g. {"depth": 34, "widen_factor": 20}
+    num_classes: int | None = None           # its classes (default: read from its final layer)
+    normalize: Any = None                    # the input normalisation it was trained with (cifar10 | none | ...)
+    official: bool = False                   # also run the official AutoAttack beside each AutoAttack
     batch_size: int | None = None            # images per attack call (default: the config's, 250)
     amp: str = "none"                        # none | bf16: the model under autocast (GPU, or CPU)
     seed: int = 0
@@ -120,17 +129,43 @@ def _subset(attacks: dict, names: list[str], flag: str) -> dict:
 
 
 def select_attacks(model: nn.Module, eps: float, options: EvalOptions, config: RunConfig) -> dict:
-    """The attacks an evaluation runs: a suite (optionally `only` some), or attacks by name."""
+    """The attacks an evaluation runs: a suite (optionally `only` some), or attacks by name; with `official`,
+    the official AutoAttack right after each of robustact's."""
     if options.suite and options.attacks:
         raise RobustactError("give --suite or --attacks, not both")
     if not options.suite and (options.suite_options or options.only or options.protocol):
         raise RobustactError("--suite-opt, --only and --protocol go with --suite")
     if options.suite:
         attacks = build_suite(options.suite, model, eps, seed=options.seed, options=options.suite_options,
-                              protocol=options.protocol)
-        return _subset(attacks, _names(options.only), "--only") if options.only else attacks
-    names = parse_attack_list(options.attacks or config.eval.attacks)
-    return {name: make_attack(name, eps, seed=options.seed) for name in names}
+                              protocol=options.protocol, norm=options.norm)
+        attacks = _subset(attacks, _names(options.only), "--only") if options.only else attacks
+    else:
+        names = parse_attack_list(options.attacks or config.eval.attacks)
+        attacks = {name: make_attack(name, eps, options.norm, seed=options.seed) for name in names}
+    return with_official(attacks, eps, options) if options.official else attacks
+
+
+def with_official(attacks: dict, eps: float, options: EvalOptions) -> dict:
+    """Each AutoAttack followed by the official implementation's run of the same version."""
+    out = {}
+    for name, attack in attacks.items():
+        out[name] = attack
+        twin = official_counterpart(name)
+        if twin and twin not in attacks:
+            out[twin] = make_attack(twin, eps, options.norm, seed=options.seed)
+    if len(out) == len(attacks):
+        raise RobustactError("--official re-runs AutoAttack with the official code, but this evaluation has no "
+                             "AutoAttack; add aa (or aa-plus, aa-rand) to --attacks")
+    return out
+
+
+def default_eps(options: EvalOptions, config: RunConfig) -> float:
+    """--eps, else the run's ε for L∞ and 0.5 for L2 (RobustBench's CIFAR-10 L2 threat model)."""
+    if options.norm not in NORMS:
+        raise RobustactError(f"--norm must be one of {', '.join(NORMS)}, got {options.norm!r}")
+    if options.eps is not None:
+        return validate_eps(parse_number(options.eps), options.norm)
+    return validate_eps(parse_number(config.eval.eps) if options.norm == "Linf" else L2_DEFAULT_EPS, options.norm)
 
 
 def _check(options: EvalOptions) -> None:
@@ -194,37 +229,55 @@ def run_eval(target: str | Path, options: EvalOptions | None = None) -> EvalResu
     _check(options)
     job, device = distributed.setup(options.device)
     model, config, weights = load_model(target, which=options.which, arch=options.arch,
-                                        num_classes=options.num_classes)
-    eps = validate_eps(parse_number(options.eps if options.eps is not None else config.eval.eps))
+                                        num_classes=options.num_classes, normalize=options.normalize,
+                                        **options.arch_options)
+    foreign = {k: v for k, v in (("arch", options.arch), ("arch_options", options.arch_options),
+                                 ("normalize", options.normalize)) if v}
+    return evaluate_model(model, config, options, source=str(weights), digest=file_digest(weights),
+                          out=report_path(options, run_of(weights)), device=device, model_settings=foreign)
+
+
+def evaluate_model(model: nn.Module, config: RunConfig, options: EvalOptions, *, source: str, digest: str,
+                   out: Path | None, device: str | None, model_settings: dict | None = None) -> EvalResult:
+    """The evaluation itself, for a model already built: attacks, test images, resumable report, sanity checks.
+    `digest` identifies the weights (the journal refuses to resume on other ones)."""
+    eps = default_eps(options, config)
     attacks = select_attacks(model, eps, options, config)
     cascade_names = list(attacks) if options.cascade == "all" else _names(options.cascade)
-    cascade = list(_subset(attacks, cascade_names, "--cascade"))
+    cascade = [name for name in _subset(attacks, cascade_names, "--cascade") if not name.endswith("-official")]
     seed_everything(options.seed)
-    run = _with_test_images(model, config, weights, options.n or config.eval.n, device, options.data_root,
+    run = _with_test_images(model, config, Path(source), options.n or config.eval.n, device, options.data_root,
                             options.download)
     batch_size = options.batch_size or config.eval.batch_size
     amp = check_amp(options.amp, run.device)
-    out = report_path(options, run_of(weights))
-    settings = {"checkpoint_sha256": file_digest(weights), "dataset": config.data.dataset, "images": run.images,
+    settings = {"checkpoint_sha256": digest, "dataset": config.data.dataset, "images": run.images,
                 "suite": options.suite, "protocol": options.protocol,
                 "suite_options": [f"{k}={v}" for k, v in options.suite_options.items()],
                 "attacks": {k: repr(a) for k, a in attacks.items()}, "cascade": cascade, "eps": eps,
-                "seed": options.seed, "batch_size": batch_size} | ({"amp": amp} if amp != "none" else {})
+                "seed": options.seed, "batch_size": batch_size} | ({"amp": amp} if amp != "none" else {}) \
+        | ({"norm": options.norm} if options.norm != "Linf" else {}) | ({"model": model_settings} if model_settings
+                                                                          else {})
     lock, journal = distributed.on_main(_open_report, out, settings, options) or (None, None)
     try:
         result = evaluate(run.model, run.x, run.y, attacks, eps=eps, batch_size=batch_size,
                           progress=options.progress, seed=options.seed, only_robust=cascade, journal=journal,
-                          amp=amp)
-        result.meta |= {"checkpoint": str(weights), "dataset": config.data.dataset, "images": run.images,
+                          amp=amp, norm=options.norm)
+        result.meta |= {"checkpoint": source, "dataset": config.data.dataset, "images": run.images,
                         "device": str(run.device), "torch": torch.__version__, "amp": amp}
-        if job.main:
+        if model_settings:
+            result.meta["model"] = model_settings
+        result.meta["num_classes"] = getattr(model, "num_classes", None)
+        if distributed.current().main:
+            result.meta |= official_agreement(result)
             if options.sanity_n:
                 m = min(options.sanity_n, run.n)
                 subset = {name: r[:m] for name, r in result.robust.items()}
-                flags = run_sanity_checks(run.model, run.x[:m], run.y[:m], subset, eps=eps, seed=options.seed)
+                flags = run_sanity_checks(run.model, run.x[:m], run.y[:m], subset, eps=eps, norm=options.norm,
+                                          large_eps=64 / 255 if options.norm == "Linf" else 8 * eps,
+                                          seed=options.seed)
                 result.sanity = [asdict(f) | {"n": m} for f in flags]
             if out is not None:
-                write_reports(result, out, result.meta, title=f"Evaluation of {weights}", settings=settings)
+                write_reports(result, out, result.meta, title=f"Evaluation of {source}", settings=settings)
                 journal.remove()
                 result.meta["report"] = str(out)
         distributed.barrier()
@@ -232,6 +285,70 @@ def run_eval(target: str | Path, options: EvalOptions | None = None) -> EvalResu
         if lock is not None:
             lock.__exit__(None, None, None)
     return result
+
+
+def benchmark(model: nn.Module, dataset: str = "cifar10", norm: str = "Linf", eps: float | str | None = None,
+              n: int = 1000, suite: str | None = "standard", *, attacks: str | list[str] | None = None,
+              out: str | Path | None = None, **options: Any) -> EvalResult:
+    """Evaluate any `nn.Module` that maps images in [0, 1] to logits, as `robustact eval` evaluates a checkpoint:
+    the first `n` test images of `dataset`, the attacks of `suite` (or `attacks`), ε (`8/255` for L∞ and 0.5 for
+    L2 by default), sanity checks, on the device the model is on. Returns the same `EvalResult` (per example,
+    worst case, sanity flags in `.sanity`); with `out`, writes the same JSON + Markdown report there (and resumes
+    from its journal when interrupted). `options` are the other `EvalOptions` fields (`batch_size`, `seed`,
+    `sanity_n`, `official`, `cascade`, `suite_options`, `amp`, `progress`, `data_root`, ...). The model is put in
+    eval mode."""
+    if not isinstance(model, nn.Module):
+        raise RobustactError(f"benchmark takes an nn.Module mapping images in [0, 1] to logits, got "
+                             f"{type(model).__name__}")
+    given_here = {"attacks", "suite", "n", "eps", "norm", "out"}
+    checkpoint_only = {"which", "arch", "arch_options", "num_classes", "normalize"}
+    unknown = sorted(set(options) - ({f.name for f in fields(EvalOptions)} - given_here - checkpoint_only))
+    if unknown:
+        raise RobustactError(f"benchmark takes no option {unknown[0]!r} (a model in memory has its architecture and "
+                             "normalisation already)" if unknown[0] in checkpoint_only else
+                             f"benchmark takes no option {unknown[0]!r}")
+    opts = EvalOptions(attacks=attacks, suite=None if attacks else suite, n=n, eps=eps, norm=norm, out=out,
+                       progress=options.pop("progress", False), **options)
+    _check(opts)
+    config = RunConfig.from_mapping(DEFAULTS)
+    config.data.dataset = dataset
+    dataset_info(dataset)  # an unknown name is one line here, not a KeyError later
+    param = next(model.parameters(), None)
+    device = str(param.device) if param is not None else (opts.device or "cpu")
+    distributed.setup(device)
+    return evaluate_model(model.eval(), config, opts, source=f"{type(model).__name__} (in memory)",
+                          digest=module_digest(model), out=Path(out) if out else None, device=device)
+
+
+def module_digest(model: nn.Module) -> str:
+    """sha256 over a module's state_dict (names, dtypes, shapes, values): what identifies the weights an in-memory
+    evaluation's journal belongs to."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def official_agreement(result: EvalResult) -> dict:
+    """For each AutoAttack run by both implementations: on how many examples both attacked they agree, and the
+    test-image indices where they do not. (A cascaded AutoAttack attacked only the examples robust to everything
+    before it; the official run, never cascaded, attacked every clean-correct one.)"""
+    out = {}
+    names = list(result.robust)
+    for name in names:
+        twin = official_counterpart(name)
+        if not (twin and twin in result.robust):
+            continue
+        pool = result.clean.clone()
+        if name in result.cascaded:
+            for earlier in names[:names.index(name)]:
+                if not earlier.endswith("-official"):
+                    pool &= result.robust[earlier]
+        differ = (result.robust[name] != result.robust[twin]) & pool
+        out[f"{name} vs {twin}"] = {"examples": int(pool.sum()), "agree": int(pool.sum() - differ.sum()),
+                                    "differ": differ.nonzero().flatten().tolist()}
+    return {"official_agreement": out} if out else {}
 
 
 def sanity_from_reports(target: str | Path, reports: list[str | Path], which: str = "best",

@@ -107,8 +107,9 @@ def check_randomness(model: nn.Module, x: torch.Tensor, *, n_calls: int = 2, tol
                 changed += int((o.argmax(1) != outs[0].argmax(1)).sum())
     return _flag("randomized_forward", worst > tol or changed > 0, worst,
                  f"eval-mode forward passes disagree (max normalised logit difference {worst:.3g}, "
-                 f"{changed} predictions changed): the model is randomised. Attack it with EOT (e.g. APGD "
-                 "eot_iter=20) and report accuracy over several draws; single-draw gradients are noise.",
+                 f"{changed} predictions changed): the model is randomised. Attack it with EOT — AutoAttack's "
+                 "rand version, `--attacks aa-rand` (APGD-CE and APGD-DLR, gradients averaged over 20 passes) — "
+                 "and report accuracy over several draws; single-draw gradients are noise.",
                  f"the forward pass is deterministic in eval mode (max difference {worst:.2g})")
 
 

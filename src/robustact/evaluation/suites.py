@@ -18,7 +18,7 @@ from robustact.defenses import defense_spec, list_defenses
 from robustact.errors import RobustactError
 from robustact.registry import Registry
 
-SuiteBuilder = Callable[[nn.Module, float, int, dict], dict]
+SuiteBuilder = Callable[..., dict]  # (model, eps, seed, options[, norm=]) -> {name: attack}
 PROTOCOLS = {"cas": ("paper", "adaptive"), "ewas": ("paper", "adaptive"), "cifs": ("paper", "adaptive")}
 SUITES: Registry[SuiteBuilder] = Registry("suite", builtin={
     f"{name}/{defense}": f"robustact.evaluation.protocols.{defense}"
@@ -58,10 +58,11 @@ def parse_options(items: list[str]) -> dict:
 
 
 def _named(suite: str, names: list[str]) -> SuiteBuilder:
-    def build(model: nn.Module, eps: float, seed: int, options: dict) -> dict:
+    def build(model: nn.Module, eps: float, seed: int, options: dict, norm: str = "Linf") -> dict:
         read_options(options, {}, suite)
-        return {n: make_attack(n, eps, seed=seed) for n in names}
+        return {n: make_attack(n, eps, norm, seed=seed) for n in names}
 
+    build.any_norm = True  # the generic suites run under L2 as well
     return build
 
 
@@ -74,7 +75,7 @@ def list_suites() -> list[str]:
 
 
 def build_suite(name: str, model: nn.Module, eps: float, seed: int = 0, options: dict | None = None,
-                protocol: str | None = None) -> dict:
+                protocol: str | None = None, norm: str = "Linf") -> dict:
     """The attacks of suite `name` for this model (its defense's version of `paper`/`adaptive`).
 
     `protocol` names the defense whose `paper` suite to run on an undefended model, so that a baseline meets
@@ -90,7 +91,13 @@ def build_suite(name: str, model: nn.Module, eps: float, seed: int = 0, options:
         defense = protocol
     for key in (f"{name}/{defense}", name):
         if key in SUITES:
-            return SUITES.get(key)(model, eps, seed, dict(options or {}))
+            builder = SUITES.get(key)
+            if getattr(builder, "any_norm", False):
+                return builder(model, eps, seed, dict(options or {}), norm=norm)
+            if norm != "Linf":
+                raise RobustactError(f"suite {name!r} is the {defense} paper's L∞ protocol; under --norm {norm} use "
+                                     "--suite quick or standard, or --attacks")
+            return builder(model, eps, seed, dict(options or {}))
     if name in list_suites():
         hint = " (for an undefended baseline: --protocol DEFENSE)" if defense == "none" else ""
         raise RobustactError(f"suite {name!r} is not defined for defense {defense!r}; try quick or standard{hint}")

@@ -6,7 +6,14 @@ penultimate representation, `classifier_layer()` the final Linear. Defense sites
 `robustact.build_model` (one level up, in `robustact.defenses`) puts them there.
 """
 
-from robustact.models import preact_resnet, resnet, sparta, vgg, wideresnet  # noqa: F401  (registers them)
+from robustact.models import (  # noqa: F401  (registers them)
+    dm_wideresnet,
+    preact_resnet,
+    resnet,
+    sparta,
+    vgg,
+    wideresnet,
+)
 from robustact.models.activations import (
     LearnableActivation,
     PSSiLU,

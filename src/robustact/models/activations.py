@@ -32,6 +32,7 @@ ACTIVATIONS: Registry[ActivationFactory] = Registry("activation", builtin={"spar
 ALIASES: dict[str, dict[str, Any]] = {
     "sparta_shared": {"name": "sparta", "shared": True},
     "sparta_b1": {"name": "sparta", "beta0": 1.0},
+    "swish": {"name": "silu"},  # DeepMind's / RobustBench's name for x·σ(x)
 }
 
 

@@ -110,3 +110,11 @@ def add_resnet_trunk(model: nn.Module, block: type[nn.Module], width: int, num_b
             in_planes = planes
         setattr(model, f"layer{s + 1}", nn.Sequential(*layers))
     return in_planes
+
+
+def stack_blocks(block, n: int, in_planes: int, out_planes: int, stride: int, activation) -> nn.Sequential:
+    """A group of `n` residual blocks `block(in, out, stride, activation)`: the first changes the width and has the
+    stride, the rest keep both (a WideResNet group; TRADES and DeepMind only name the container differently)."""
+    blocks = [block(in_planes, out_planes, stride, activation)]
+    blocks += [block(out_planes, out_planes, 1, activation) for _ in range(n - 1)]
+    return nn.Sequential(*blocks)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from robustact.errors import ConfigError
 from robustact.fields import parse_value
 from robustact.models.activations import ActivationSpec, canonical_activation
 from robustact.models.layers import ImageClassifier
+from robustact.models.normalization import Normalize, parse_normalize
 from robustact.registry import Registry
 
 ModelFactory = Callable[..., ImageClassifier]
@@ -28,16 +29,19 @@ ModelFactory = Callable[..., ImageClassifier]
 class ModelEntry:
     factory: ModelFactory
     family: str
+    normalize: Normalize = None  # the input normalisation the architecture has unless told otherwise
 
 
 MODELS: Registry[ModelEntry] = Registry("arch")
 
 
-def register_model(name: str, family: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Register `factory(num_classes=..., activation=..., **arch_kwargs)` under `name`."""
+def register_model(name: str, family: str, normalize: Any = None) -> Callable[[ModelFactory], ModelFactory]:
+    """Register `factory(num_classes=..., activation=..., **arch_kwargs)` under `name`; `normalize` is its
+    default input normalisation (a name or (mean, std); DeepMind's WRNs carry CIFAR-10's)."""
+    default = parse_normalize(normalize, where=f"arch {name} normalize")
 
     def decorator(factory: ModelFactory) -> ModelFactory:
-        MODELS.register(name)(ModelEntry(factory, family))
+        MODELS.register(name)(ModelEntry(factory, family, default))
         return factory
 
     return decorator
@@ -70,16 +74,9 @@ def check_arch_kwargs(arch: str, kwargs: Mapping[str, Any], where: str = "model.
     return {k: parse_value(v, known[k], f"{where}.{k}") for k, v in kwargs.items()}
 
 
-def _check_normalize(normalize: Any) -> list[Any] | None:
-    if normalize is None:
-        return None
-    if not isinstance(normalize, Sequence) or isinstance(normalize, str) or len(normalize) != 2:
-        raise ConfigError(f"normalize must be (mean, std) or None, got {normalize!r}")
-
-    def plain(v: Any) -> Any:  # tuples, tensors and arrays become JSON lists
-        return v.tolist() if hasattr(v, "tolist") else list(v) if isinstance(v, Sequence) else v
-
-    return [plain(v) for v in normalize]
+def default_normalize(arch: str) -> Normalize:
+    """The normalisation `arch` has when none is asked for (None for all but DeepMind's WRNs)."""
+    return MODELS.get(arch).normalize
 
 
 def check_num_classes(num_classes: Any) -> int:
@@ -97,16 +94,17 @@ def json_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_model(arch: str, num_classes: int = 10, activation: ActivationSpec = "relu",
-                 normalize: tuple[Any, Any] | None = None, **arch_kwargs: Any) -> ImageClassifier:
+                 normalize: Any = "default", **arch_kwargs: Any) -> ImageClassifier:
     """The plain network `arch` for `num_classes` classes: `forward(x in [0, 1]) -> logits (N, num_classes)`.
 
     `activation` is the nonlinearity at every activation site (a name or `{name: ..., **options}`);
-    `normalize=(mean, std)` puts input normalisation inside the model; `arch_kwargs` are the architecture's own
-    options (e.g. `width`, `depth`)."""
+    `normalize` puts input normalisation inside the model: a name (`cifar10`), (mean, std), or None / "none" for
+    raw [0, 1] input; "default" is the architecture's own (none, except DeepMind's WRNs). `arch_kwargs` are the
+    architecture's own options (e.g. `width`, `depth`)."""
     entry = MODELS.get(arch)
     num_classes = check_num_classes(num_classes)
     activation = canonical_activation(activation)
-    norm = _check_normalize(normalize)
+    norm = entry.normalize if isinstance(normalize, str) and normalize == "default" else parse_normalize(normalize)
     arch_kwargs = check_arch_kwargs(arch, arch_kwargs, "arch option")
     build_kwargs = json_kwargs({"num_classes": num_classes, "activation": activation, "normalize": norm,
                                 **arch_kwargs})

@@ -3,6 +3,8 @@
 Names: `conv1, block1, block2, block3, bn1, relu, fc`; `block*.layer[i]` has `bn1, relu1, conv1, bn2,
 relu2, conv2, convShortcut` (the last only where widths change). Dropout is 0, as in TRADES/MART.
 TRADES' code also builds an unused `sub_block1`; pass `sub_block1=True` to load such a checkpoint.
+`fc_bias=False` builds the final Linear without a bias (no `fc.bias` key), as RobustBench's WideResNet with
+`bias_last=False`.
 
 Slots: `pre_site` takes the block's BN-act pre-activated input and feeds **only the residual branch**
 (`conv1`). Where widths change, the 1x1 `convShortcut` keeps the un-masked pre-activated input; where
@@ -20,7 +22,7 @@ from torch import nn
 
 from robustact.errors import ConfigError
 from robustact.models.activations import make_activation
-from robustact.models.layers import ImageClassifier, global_pool
+from robustact.models.layers import ImageClassifier, global_pool, stack_blocks
 from robustact.models.registry import register_model
 
 
@@ -57,9 +59,7 @@ class NetworkBlock(nn.Module):
 
     def __init__(self, n: int, in_planes: int, out_planes: int, stride: int, activation: str) -> None:
         super().__init__()
-        blocks = [WideBlock(in_planes, out_planes, stride, activation)]
-        blocks += [WideBlock(out_planes, out_planes, 1, activation) for _ in range(n - 1)]
-        self.layer = nn.Sequential(*blocks)
+        self.layer = stack_blocks(WideBlock, n, in_planes, out_planes, stride, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)
@@ -75,6 +75,7 @@ class WideResNet(ImageClassifier):
         num_classes: int = 10,
         activation: str = "relu",
         sub_block1: bool = False,
+        fc_bias: bool = True,
     ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
@@ -92,7 +93,7 @@ class WideResNet(ImageClassifier):
         self.bn1 = nn.BatchNorm2d(ch[3])
         self.relu = make_activation(activation, ch[3])
         self.final_site = nn.Identity()
-        self.fc = nn.Linear(ch[3], num_classes)
+        self.fc = nn.Linear(ch[3], num_classes, bias=fc_bias)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -104,7 +105,7 @@ class WideResNet(ImageClassifier):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
+            elif isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,18 +125,22 @@ def wideresnet(
     depth: int = 34,
     widen_factor: int = 10,
     sub_block1: bool = False,
+    fc_bias: bool = True,
 ) -> WideResNet:
-    """WRN of any depth 6n + 4 and width factor (small ones for tests and CPU runs)."""
-    return WideResNet(depth, widen_factor, num_classes, activation, sub_block1)
+    """WRN of any depth 6n + 4 and width factor (small ones for tests and CPU runs); `fc_bias=False` is
+    RobustBench's `bias_last=False`."""
+    return WideResNet(depth, widen_factor, num_classes, activation, sub_block1, fc_bias)
 
 
 @register_model("wrn34_10", family="wideresnet")
-def wrn34_10(num_classes: int = 10, activation: str = "relu", sub_block1: bool = False) -> WideResNet:
+def wrn34_10(num_classes: int = 10, activation: str = "relu", sub_block1: bool = False,
+             fc_bias: bool = True) -> WideResNet:
     """WRN-34-10 (46.2M parameters at K = 10): the TRADES / MART / CAS benchmark network."""
-    return WideResNet(34, 10, num_classes, activation, sub_block1)
+    return WideResNet(34, 10, num_classes, activation, sub_block1, fc_bias)
 
 
 @register_model("wrn28_10", family="wideresnet")
-def wrn28_10(num_classes: int = 10, activation: str = "relu", sub_block1: bool = False) -> WideResNet:
+def wrn28_10(num_classes: int = 10, activation: str = "relu", sub_block1: bool = False,
+             fc_bias: bool = True) -> WideResNet:
     """WRN-28-10 (36.5M parameters at K = 10): the network of CIFS' official WRN code."""
-    return WideResNet(28, 10, num_classes, activation, sub_block1)
+    return WideResNet(28, 10, num_classes, activation, sub_block1, fc_bias)

@@ -43,7 +43,7 @@ from robustact.utils import autocast_context, check_amp, get_device, seed_everyt
 def build_model_from_config(config: RunConfig) -> nn.Module:
     m = config.model
     return build_model(m.arch, num_classes=config.num_classes, defense=m.defense, activation=m.activation,
-                       normalize=tuple(tuple(v) for v in m.normalize) if m.normalize else None,
+                       normalize="default" if m.normalize is None else m.normalize,
                        defense_kwargs=m.defense_kwargs or None, **m.arch_kwargs)
 
 
