@@ -19,15 +19,13 @@ defense is placed on this family (`robustact.defenses.placement` has no rows for
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robustact.errors import ConfigError, RobustactError
 from robustact.models.activations import make_activation
-from robustact.models.layers import ImageClassifier, stack_blocks
+from robustact.models.layers import BlockGroup, ImageClassifier, he_init
 from robustact.models.registry import register_model
 
 POOL = 8  # DeepMind's avg_pool2d kernel (and stride)
@@ -65,17 +63,6 @@ class DMBlock(nn.Module):
         return self.site(shortcut + out)
 
 
-class DMBlockGroup(nn.Module):
-    """`n` blocks in `block` (DeepMind's `_BlockGroup`); the first changes the width and has the stride."""
-
-    def __init__(self, n: int, in_planes: int, out_planes: int, stride: int, activation: str) -> None:
-        super().__init__()
-        self.block = stack_blocks(DMBlock, n, in_planes, out_planes, stride, activation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
-
-
 def check_dm_options(depth: int, width: int, padding: int) -> None:
     """One ConfigError line for options DeepMind's construction cannot honour."""
     if depth < 10 or (depth - 4) % 6 != 0:
@@ -98,25 +85,13 @@ class DMWideResNet(ImageClassifier):
         self.padding = padding
         self.num_channels = ch[3]
         self.init_conv = nn.Conv2d(3, ch[0], kernel_size=3, stride=1, padding=1, bias=False)
-        self.layer = nn.Sequential(*[DMBlockGroup(n, ch[g], ch[g + 1], stride, activation)
+        self.layer = nn.Sequential(*[BlockGroup("block", DMBlock, n, ch[g], ch[g + 1], stride, activation)
                                      for g, stride in enumerate((1, 2, 2))])
         self.batchnorm = nn.BatchNorm2d(ch[3])
         self.relu = make_activation(activation, ch[3])
         self.final_site = nn.Identity()
         self.logits = nn.Linear(ch[3], num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """He-normal (fan-out) convs, unit BN, zero Linear bias: a sensible start; checkpoints replace it."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """As `ImageClassifier.features`, but DeepMind pads the [0, 1] image before normalising it."""

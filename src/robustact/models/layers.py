@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -112,9 +113,32 @@ def add_resnet_trunk(model: nn.Module, block: type[nn.Module], width: int, num_b
     return in_planes
 
 
-def stack_blocks(block, n: int, in_planes: int, out_planes: int, stride: int, activation) -> nn.Sequential:
-    """A group of `n` residual blocks `block(in, out, stride, activation)`: the first changes the width and has the
-    stride, the rest keep both (a WideResNet group; TRADES and DeepMind only name the container differently)."""
-    blocks = [block(in_planes, out_planes, stride, activation)]
-    blocks += [block(out_planes, out_planes, 1, activation) for _ in range(n - 1)]
-    return nn.Sequential(*blocks)
+class BlockGroup(nn.Module):
+    """A group of `n` residual blocks `block(in, out, stride, activation)` — the first changes the width and has
+    the stride, the rest keep both — in an `nn.Sequential` named `container`: a WideResNet group, whose container
+    TRADES names `layer` and DeepMind `block` (the name is in every checkpoint key)."""
+
+    def __init__(self, container: str, block, n: int, in_planes: int, out_planes: int, stride: int,
+                 activation) -> None:
+        super().__init__()
+        self.container = container
+        blocks = [block(in_planes, out_planes, stride, activation)]
+        blocks += [block(out_planes, out_planes, 1, activation) for _ in range(n - 1)]
+        self.add_module(container, nn.Sequential(*blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.container)(x)
+
+
+def he_init(model: nn.Module) -> None:
+    """The WideResNets' init (TRADES/MART code): He-normal convolutions by fan-out, unit BatchNorm, zero Linear
+    biases. (Checkpoints replace it; training from scratch uses it.)"""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)

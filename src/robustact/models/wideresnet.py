@@ -15,14 +15,12 @@ residual add); `final_site` sees the final BN-act output before pooling.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from robustact.errors import ConfigError
 from robustact.models.activations import make_activation
-from robustact.models.layers import ImageClassifier, global_pool, stack_blocks
+from robustact.models.layers import BlockGroup, ImageClassifier, global_pool, he_init
 from robustact.models.registry import register_model
 
 
@@ -54,17 +52,6 @@ class WideBlock(nn.Module):
         return self.site(shortcut + out)
 
 
-class NetworkBlock(nn.Module):
-    """One group of `n` wide blocks; the first changes width/stride. Holds them in `layer` (TRADES name)."""
-
-    def __init__(self, n: int, in_planes: int, out_planes: int, stride: int, activation: str) -> None:
-        super().__init__()
-        self.layer = stack_blocks(WideBlock, n, in_planes, out_planes, stride, activation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
-
-
 class WideResNet(ImageClassifier):
     """WRN-depth-k: three groups of (depth - 4) / 6 blocks at widths 16k, 32k, 64k."""
 
@@ -85,28 +72,16 @@ class WideResNet(ImageClassifier):
         n = (depth - 4) // 6
         ch = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(3, ch[0], kernel_size=3, stride=1, padding=1, bias=False)
-        self.block1 = NetworkBlock(n, ch[0], ch[1], 1, activation)
+        self.block1 = BlockGroup("layer", WideBlock, n, ch[0], ch[1], 1, activation)
         if sub_block1:  # unused in forward; only so that TRADES-code checkpoints load with strict=True
-            self.sub_block1 = NetworkBlock(n, ch[0], ch[1], 1, activation)
-        self.block2 = NetworkBlock(n, ch[1], ch[2], 2, activation)
-        self.block3 = NetworkBlock(n, ch[2], ch[3], 2, activation)
+            self.sub_block1 = BlockGroup("layer", WideBlock, n, ch[0], ch[1], 1, activation)
+        self.block2 = BlockGroup("layer", WideBlock, n, ch[1], ch[2], 2, activation)
+        self.block3 = BlockGroup("layer", WideBlock, n, ch[2], ch[3], 2, activation)
         self.bn1 = nn.BatchNorm2d(ch[3])
         self.relu = make_activation(activation, ch[3])
         self.final_site = nn.Identity()
         self.fc = nn.Linear(ch[3], num_classes, bias=fc_bias)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """TRADES/MART init: He-normal (fan-out) convs, unit BN, zero Linear bias."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
