@@ -68,9 +68,9 @@ def _eval_and_print(target: str, options) -> None:
         return
     meta = result.meta
     print(format_table(result, title=f"{meta['checkpoint']}  ({meta['dataset']} test images 0-{result.n - 1})"))
-    classes = meta.get("num_classes") or 10
-    if "model" in meta and result.accuracy()["clean"] < 2 / classes:  # a foreign checkpoint near chance
-        print(f"robustact: note: clean accuracy {result.accuracy()['clean']:.1%} is near chance for {classes} "
+    classes, clean = meta.get("num_classes") or 10, result.accuracy()["clean"]
+    if "model" in meta and clean < 2 / classes:  # a foreign checkpoint near chance
+        print(f"robustact: note: clean accuracy {clean:.1%} is near chance for {classes} "
               "classes: check --normalize (the input normalisation the model was trained with) and --arch-opt "
               "(docs/interop.md)", file=sys.stderr)
     if "report" in meta:
@@ -108,17 +108,15 @@ def parse_arch_options(items: list[str]) -> dict:
     "swish"}: values read as YAML, as --set reads them; the architecture then type-checks them."""
     import yaml
 
-    from robustact.errors import ConfigError
+    from robustact.evaluation.suites import parse_options
 
+    pairs = parse_options([part for chunk in items for part in chunk.split(",") if part.strip()], "--arch-opt")
     out = {}
-    for item in (part for chunk in items for part in chunk.split(",") if part.strip()):
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--arch-opt expects KEY=VALUE, got {item!r}")
+    for key, raw in pairs.items():
         try:
-            out[key.strip()] = yaml.safe_load(raw)
+            out[key] = yaml.safe_load(raw)
         except yaml.YAMLError:
-            out[key.strip()] = raw
+            out[key] = raw
     return out
 
 

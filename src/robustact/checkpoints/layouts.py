@@ -86,7 +86,6 @@ class Inferred:
     arch: str
     options: dict[str, Any] = field(default_factory=dict)
     num_classes: int | None = None
-    layout: str = ""
 
 
 def classes_in(tensors: dict[str, torch.Tensor]) -> int | None:
@@ -122,10 +121,10 @@ def infer_arch(tensors: dict[str, torch.Tensor], given: Mapping[str, Any], sourc
             if arch is None:
                 raise CheckpointError(f"{source}: a ResNet with {blocks} blocks per stage; robustact has ResNet-18 "
                                       "(2, 2, 2, 2) and ResNet-34 (3, 4, 6, 3)")
-            return Inferred(arch, {"width": width} if width != 64 else {}, classes_in(tensors), "kuangliu ResNet")
+            return Inferred(arch, {"width": width} if width != 64 else {}, classes_in(tensors))
         return _preact(tensors, blocks, width, given, source)
     if any(k.startswith("layers.") for k in keys) and "classifier.weight" in keys:
-        return Inferred("vgg16", {}, classes_in(tensors), "robustact VGG")
+        return Inferred("vgg16", {}, classes_in(tensors))
     sample = ", ".join(sorted(keys)[:5])
     raise CheckpointError(f"{source}: --arch auto: the keys match none of the layouts robustact knows (kuangliu "
                           f"ResNet, PreAct ResNet, TRADES/RobustBench WRN, DeepMind WRN); first keys: {sample}; "
@@ -140,7 +139,7 @@ def _trades_wrn(tensors: dict[str, torch.Tensor]) -> Inferred:
         options["sub_block1"] = True
     if "fc.bias" not in tensors:
         options["fc_bias"] = False
-    return Inferred("wideresnet", options, classes_in(tensors), "TRADES/RobustBench WideResNet")
+    return Inferred("wideresnet", options, classes_in(tensors))
 
 
 def _preact(tensors: dict[str, torch.Tensor], blocks: tuple, width: int, given: Mapping[str, Any],
@@ -156,7 +155,7 @@ def _preact(tensors: dict[str, torch.Tensor], blocks: tuple, width: int, given: 
     options: dict[str, Any] = {"final_bn": "bn.weight" in tensors}
     if width != 64:
         options["width"] = width
-    return Inferred("preact_resnet18", options, classes_in(tensors), "PreAct ResNet")
+    return Inferred("preact_resnet18", options, classes_in(tensors))
 
 
 def _deepmind_wrn(tensors: dict[str, torch.Tensor], given: Mapping[str, Any], source: str) -> Inferred:
@@ -167,4 +166,4 @@ def _deepmind_wrn(tensors: dict[str, torch.Tensor], given: Mapping[str, Any], so
         raise CheckpointError(
             f"{source}: DeepMind WideResNet-{depth}-{width} keys, but the state_dict cannot tell its activation: add "
             "--arch-opt activation=swish (most RobustBench DeepMind entries) or activation=relu")
-    return Inferred("dm_wideresnet", {"depth": depth, "width": width}, classes_in(tensors), "DeepMind WideResNet")
+    return Inferred("dm_wideresnet", {"depth": depth, "width": width}, classes_in(tensors))

@@ -250,13 +250,7 @@ def evaluate_model(model: nn.Module, config: RunConfig, options: EvalOptions, *,
                             options.download)
     batch_size = options.batch_size or config.eval.batch_size
     amp = check_amp(options.amp, run.device)
-    settings = {"checkpoint_sha256": digest, "dataset": config.data.dataset, "images": run.images,
-                "suite": options.suite, "protocol": options.protocol,
-                "suite_options": [f"{k}={v}" for k, v in options.suite_options.items()],
-                "attacks": {k: repr(a) for k, a in attacks.items()}, "cascade": cascade, "eps": eps,
-                "seed": options.seed, "batch_size": batch_size} | ({"amp": amp} if amp != "none" else {}) \
-        | ({"norm": options.norm} if options.norm != "Linf" else {}) | ({"model": model_settings} if model_settings
-                                                                          else {})
+    settings = _settings(options, config, run, attacks, cascade, eps, batch_size, amp, digest, model_settings)
     lock, journal = distributed.on_main(_open_report, out, settings, options) or (None, None)
     try:
         result = evaluate(run.model, run.x, run.y, attacks, eps=eps, batch_size=batch_size,
@@ -300,13 +294,12 @@ def benchmark(model: nn.Module, dataset: str = "cifar10", norm: str = "Linf", ep
     if not isinstance(model, nn.Module):
         raise RobustactError(f"benchmark takes an nn.Module mapping images in [0, 1] to logits, got "
                              f"{type(model).__name__}")
-    given_here = {"attacks", "suite", "n", "eps", "norm", "out"}
-    checkpoint_only = {"which", "arch", "arch_options", "num_classes", "normalize"}
-    unknown = sorted(set(options) - ({f.name for f in fields(EvalOptions)} - given_here - checkpoint_only))
+    not_here = {"attacks", "suite", "n", "eps", "norm", "out",  # arguments of their own
+                "which", "arch", "arch_options", "num_classes", "normalize"}  # a model in memory has them already
+    takes = sorted({f.name for f in fields(EvalOptions)} - not_here)
+    unknown = sorted(set(options) - set(takes))
     if unknown:
-        raise RobustactError(f"benchmark takes no option {unknown[0]!r} (a model in memory has its architecture and "
-                             "normalisation already)" if unknown[0] in checkpoint_only else
-                             f"benchmark takes no option {unknown[0]!r}")
+        raise RobustactError(f"benchmark takes no option {unknown[0]!r}; its options: {', '.join(takes)}")
     opts = EvalOptions(attacks=attacks, suite=None if attacks else suite, n=n, eps=eps, norm=norm, out=out,
                        progress=options.pop("progress", False), **options)
     _check(opts)
@@ -328,6 +321,19 @@ def module_digest(model: nn.Module) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _settings(options: EvalOptions, config: RunConfig, run: OpenedRun, attacks: dict, cascade: list[str], eps: float,
+              batch_size: int, amp: str, digest: str, model_settings: dict | None) -> dict:
+    """Everything that decides an evaluation's per-example outcomes: what its journal and report are checked
+    against. Settings at their defaults are left out, so reports of earlier releases still compare equal."""
+    optional = {"amp": amp if amp != "none" else None, "norm": options.norm if options.norm != "Linf" else None,
+                "model": model_settings or None}
+    return {"checkpoint_sha256": digest, "dataset": config.data.dataset, "images": run.images,
+            "suite": options.suite, "protocol": options.protocol,
+            "suite_options": [f"{k}={v}" for k, v in options.suite_options.items()],
+            "attacks": {k: repr(a) for k, a in attacks.items()}, "cascade": cascade, "eps": eps,
+            "seed": options.seed, "batch_size": batch_size} | {k: v for k, v in optional.items() if v}
 
 
 def official_agreement(result: EvalResult) -> dict:

@@ -46,13 +46,13 @@ def positive_int(options: dict, key: str) -> int:
     return int(value)
 
 
-def parse_options(items: list[str]) -> dict:
-    """["steps=20", "aa=standard"] -> {"steps": "20", "aa": "standard"}."""
+def parse_options(items: list[str], flag: str = "--suite-opt") -> dict:
+    """["steps=20", "aa=standard"] -> {"steps": "20", "aa": "standard"}: the KEY=VALUE options of a flag."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise RobustactError(f"--suite-opt expects KEY=VALUE, got {item!r}")
+            raise RobustactError(f"{flag} expects KEY=VALUE, got {item!r}")
         out[key.strip()] = value.strip()
     return out
 

@@ -53,9 +53,7 @@ def parse_normalize(spec: Any, channels: int = 3, where: str = "--normalize") ->
             return _canonical(values[:channels], values[channels:], channels, where)
         raise ConfigError(f"{where}: expected 2 or {2 * channels} numbers (means, then stds), got {len(values)}; "
                           f"use {FORMS}")
-    if isinstance(spec, Sequence) and len(spec) == 2:
-        return _canonical(spec[0], spec[1], channels, where)
-    if hasattr(spec, "tolist") and len(spec) == 2:
+    if (isinstance(spec, Sequence) or hasattr(spec, "tolist")) and len(spec) == 2:  # (mean, std), also tensors
         return _canonical(spec[0], spec[1], channels, where)
     raise ConfigError(f"{where}: expected (mean, std), a name or numbers, got {spec!r}; use {FORMS}")
 

@@ -74,11 +74,6 @@ def check_arch_kwargs(arch: str, kwargs: Mapping[str, Any], where: str = "model.
     return {k: parse_value(v, known[k], f"{where}.{k}") for k, v in kwargs.items()}
 
 
-def default_normalize(arch: str) -> Normalize:
-    """The normalisation `arch` has when none is asked for (None for all but DeepMind's WRNs)."""
-    return MODELS.get(arch).normalize
-
-
 def check_num_classes(num_classes: Any) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
