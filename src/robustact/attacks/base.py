@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.attacks.losses import LossFn, loss_label, resolve_loss
+from robustact.attacks.losses import HINGES, LossFn, loss_label, resolve_loss
 from robustact.errors import RobustactError
 
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -160,6 +160,10 @@ class Attack:
         eps: radius of the threat model, in pixel units (8/255, not 8).
         norm: "Linf" or "L2".
         loss: "ce", "margin" (CW, with `kappa`), "dlr", "zero" or a callable `(logits, y) -> (N,)`.
+        hinge: the margin loss's hinge: "example" (CW: per example) or "batch" (on the batch's summed margin, as
+            the official CAS evaluation; `robustact.attacks.losses.margin_loss`).
+        clamp_start: clamp the random start to [0, 1] (True); False keeps only the ε-ball, as the official
+            CAS evaluation and TRADES/MART code, whose first forward sees the unclamped start.
         extra_loss: optional `(model, logits, y) -> (N,)` added to the loss; defenses use it to include
             their auxiliary logits (`robustact.attacks.aux.AuxTerm`).
         targeted: if True, `y` are target classes and the loss is descended.
@@ -182,18 +186,26 @@ class Attack:
         *,
         loss: str | LossFn = "ce",
         kappa: float = 0.0,
+        hinge: str = "example",
         extra_loss: ExtraLoss | None = None,
         targeted: bool = False,
         model_mode: str = "eval",
         seed: int | None = 0,
         shard: tuple[int, int] | None = None,
         validate: bool = True,
+        clamp_start: bool = True,
     ) -> None:
         self.eps = validate_eps(eps, norm)
         self.norm = norm
         self.loss_name = loss_label(loss)
         self.kappa = float(kappa)
-        self.loss_fn = resolve_loss(loss, self.kappa)
+        if hinge not in HINGES:
+            raise RobustactError(f"hinge must be one of {', '.join(HINGES)}, got {hinge!r}")
+        if hinge != "example" and self.loss_name not in ("margin", "cw"):
+            raise RobustactError(f"hinge={hinge!r} applies to the margin (cw) loss only, not {self.loss_name!r}")
+        self.hinge = hinge
+        self.loss_fn = resolve_loss(loss, self.kappa, hinge)
+        self.clamp_start = bool(clamp_start)
         self.extra_loss = extra_loss
         self.targeted = targeted
         self.model_mode = model_mode
@@ -252,13 +264,21 @@ class Attack:
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Back into the ε-ball around x and into [0, 1]."""
+        return self.into_ball(x_adv, x).clamp(0.0, 1.0)
+
+    def into_ball(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Back into the ε-ball around x (not into [0, 1])."""
         delta = x_adv - x
         if self.norm == "Linf":
             delta = delta.clamp(-self.eps, self.eps)
         else:
             norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
             delta = delta * (self.eps / norms).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
-        return (x + delta).clamp(0.0, 1.0)
+        return x + delta
+
+    def project_start(self, x_start: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A random start projected: into the ε-ball, and into [0, 1] unless `clamp_start` is off."""
+        return self.project(x_start, x) if self.clamp_start else self.into_ball(x_start, x)
 
     def draw(self, sample, shape: tuple[int, ...], gen: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
         """`sample` (torch.rand / torch.randn) of `shape`; with a shard, drawn for the global batch and sliced."""
@@ -271,15 +291,16 @@ class Attack:
     def random_start(self, x: torch.Tensor, gen: torch.Generator | None, kind: str = "uniform",
                      sigma: float = 0.001) -> torch.Tensor:
         """A start inside the threat model: uniform in the ε-ball (L2: a random direction and radius), or
-        `x + sigma·N(0, 1)` ("normal", TRADES' and MART's start), projected."""
+        `x + sigma·N(0, 1)` ("normal", TRADES' and MART's start), projected (`project_start`: into [0, 1] too
+        unless `clamp_start` is off)."""
         if kind == "normal":
-            return self.project(x + sigma * self.draw(torch.randn, x.shape, gen, x), x)
+            return self.project_start(x + sigma * self.draw(torch.randn, x.shape, gen, x), x)
         if self.norm == "Linf":
-            return self.project(x + self.eps * (self.draw(torch.rand, x.shape, gen, x) * 2 - 1), x)
+            return self.project_start(x + self.eps * (self.draw(torch.rand, x.shape, gen, x) * 2 - 1), x)
         direction = self.draw(torch.randn, x.shape, gen, x)
         direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
         radius = self.draw(torch.rand, (x.shape[0],), gen, x)
-        return self.project(x + self.eps * radius.view(-1, *([1] * (x.dim() - 1))) * direction, x)
+        return self.project_start(x + self.eps * radius.view(-1, *([1] * (x.dim() - 1))) * direction, x)
 
     def ascent_step(self, grad: torch.Tensor, step: float) -> torch.Tensor:
         """The steepest-ascent step of size `step` for the norm: sign for Linf, normalised for L2."""
@@ -297,12 +318,16 @@ class Attack:
         out: dict[str, Any] = {"eps": self.eps, "norm": self.norm, "loss": self.loss_name}
         if self.loss_name in ("margin", "cw") or self.kappa:
             out["kappa"] = self.kappa
+        if self.hinge != "example":
+            out["hinge"] = self.hinge
         if self.extra_loss is not None:
             out["extra"] = self.extra_loss
         if self.targeted:
             out["targeted"] = True
         if self.model_mode != "eval":
             out["model_mode"] = self.model_mode
+        if not self.clamp_start:
+            out["clamp_start"] = False
         return out
 
     def __repr__(self) -> str:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+HINGES = ("example", "batch")  # where the CW margin's hinge acts: on each example, or on the batch's sum
 
 
 def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -19,12 +20,23 @@ def other_max(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
 
 
-def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 0.0) -> torch.Tensor:
-    """Carlini-Wagner margin on logits: `-max(z_y - max_{j!=y} z_j + kappa, 0)`; 0 once the margin exceeds
-    kappa."""
+def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 0.0, hinge: str = "example") -> torch.Tensor:
+    """Carlini-Wagner margin on logits, `m_i = z_y - max_{j!=y} z_j + kappa`.
+
+    hinge="example" (the CW loss): `-max(m_i, 0)`, 0 once an example's margin is below -kappa.
+    hinge="batch" (the official CAS evaluation, `pgd_attack_cifar10_cas.py`): the hinge acts on the batch's sum,
+    `-max(sum_i m_i, 0)`; returned as per-example shares `-m_i·[sum_j m_j > 0]` whose sum is that loss and whose
+    gradient is its gradient, so once the summed margin is <= 0 no example of the batch moves. The result then
+    depends on which examples share a batch.
+    """
+    if hinge not in HINGES:
+        raise ValueError(f"hinge must be one of {', '.join(HINGES)}, got {hinge!r}")
     logits = logits.float()
     z_y = logits.gather(1, y[:, None]).squeeze(1)
-    return -(z_y - other_max(logits, y) + kappa).clamp(min=0)
+    margin = z_y - other_max(logits, y) + kappa
+    if hinge == "batch":
+        return -margin * (margin.sum() > 0).to(margin.dtype)
+    return -margin.clamp(min=0)
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -52,14 +64,19 @@ def zero_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.zeros(y.shape[0], device=y.device)
 
 
-def resolve_loss(loss: str | LossFn, kappa: float = 0.0) -> LossFn:
-    """A loss by name (`ce`, `margin`/`cw`, `dlr`, `zero`) or a callable `(logits, y) -> (N,)`."""
+def resolve_loss(loss: str | LossFn, kappa: float = 0.0, hinge: str = "example") -> LossFn:
+    """A loss by name (`ce`, `margin`/`cw`, `dlr`, `zero`) or a callable `(logits, y) -> (N,)`; `hinge` is the
+    margin's (`margin_loss`), and only the margin takes a batch hinge."""
+    if hinge not in HINGES:
+        raise ValueError(f"hinge must be one of {', '.join(HINGES)}, got {hinge!r}")
+    if hinge != "example" and loss not in ("margin", "cw"):
+        raise ValueError(f"hinge={hinge!r} applies to the margin (cw) loss only, not {loss_label(loss)!r}")
     if callable(loss):
         return loss
     if loss == "ce":
         return ce_loss
     if loss in ("margin", "cw"):
-        return lambda logits, y: margin_loss(logits, y, kappa)
+        return lambda logits, y: margin_loss(logits, y, kappa, hinge)
     if loss == "dlr":
         return dlr_loss
     if loss == "zero":

@@ -15,9 +15,11 @@ class PGD(Attack):
     """Projected gradient ascent.
 
     `alpha` defaults to 2.5·ε/steps (Madry et al.). `random_start` starts uniformly in the ε-ball, or — with
-    `start="normal"` — at `x + start_sigma·N(0, 1)` (TRADES' and MART's start). With restarts, each example keeps
+    `start="normal"` — at `x + start_sigma·N(0, 1)` (TRADES' and MART's start); `clamp_start=False` leaves the
+    start outside [0, 1] where it falls (the official CAS / TRADES / MART code). With restarts, each example keeps
     the first restart that fools the model, or else the one with the highest loss. `loss="margin"` with `kappa`
-    is CW∞; a callable loss makes it any other PGD (TRADES' KL adversary is one).
+    is CW∞ (`hinge="batch"`: the official CAS evaluation's hinge on the batch-summed margin); a callable loss makes it
+    any other PGD (TRADES' KL adversary is one).
     """
 
     name = "pgd"

@@ -24,6 +24,7 @@ from robustact.models.registry import arch_family, check_arch_kwargs
 OBJECTIVES = ("standard", "pgd_at", "trades", "mart", "fgsm_rs")
 SCHEDULES = ("multistep", "cosine", "cyclic", "constant")
 MODEL_MODES = ("eval", "train", "keep")
+STARTS = ("uniform", "normal")
 AMP_MODES = ("none", "bf16", "fp16")
 
 
@@ -121,6 +122,14 @@ class ScheduleConfig:
     gamma: float = option(0.1, above=0)             # multistep factor at each milestone
     warmup_epochs: float = option(0.0, min=0)       # linear warm-up (multistep, cosine)
     warmup_fraction: float = option(0.5, above=0, max=1)  # cyclic: where the one cycle peaks, as a share of training
+    epoch_base: int = option(0, choices=(0, 1))     # multistep: the number of the first epoch the milestones count
+    #   from; 1 = the official CAS TRADES/MART scripts (`for epoch in range(1, epochs + 1)`: every drop one epoch
+    #   earlier than with 0, the robustact default)
+
+    def validate(self, where: str) -> None:
+        if self.epoch_base != 0 and self.name != "multistep":
+            raise ConfigError(f"{where}.epoch_base: counts the multistep milestones; the {self.name} schedule has "
+                              "none (leave it at 0)")
 
 
 @dataclass
@@ -130,7 +139,13 @@ class AttackConfig:
     eps: float = option(8 / 255, parse=_eps)              # L-inf radius, pixel units
     alpha: float | None = option(2 / 255, min=0)          # step size, pixel units (None: 2.5·eps/steps)
     steps: int = option(10, min=1)
-    random_start: bool = True                             # uniform in the eps-ball
+    random_start: bool = True                             # start at a random point (else at x)
+    start: str = option("uniform", choices=STARTS)        # the PGD training attack's start (pgd_at, mart): uniform
+    #   in the eps-ball, or x + start_sigma·N(0, 1) (normal: the official MART code's); TRADES' KL adversary always
+    #   starts normal, FGSM-RS always uniform
+    start_sigma: float = option(0.001, min=0)             # pixel units: the normal start's std (TRADES' too)
+    clamp_start: bool = True                              # clamp the random start to [0, 1]; false: the official
+    #   CAS / TRADES / MART code (only the eps-ball; the first forward sees the unclamped start)
     model_mode: str = option("eval", choices=MODEL_MODES)  # the model's mode while the attack runs
 
 

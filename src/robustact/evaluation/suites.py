@@ -46,6 +46,24 @@ def positive_int(options: dict, key: str) -> int:
     return int(value)
 
 
+def choice_option(options: dict, key: str, choices: tuple[str, ...]) -> str:
+    """options[key] as one of `choices`, or a one-line error naming the option."""
+    value = str(options[key]).strip().lower()
+    if value not in choices:
+        raise RobustactError(f"suite option {key}={options[key]!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def bool_option(options: dict, key: str) -> bool:
+    """options[key] as true/false (also yes/no, 1/0), or a one-line error naming the option."""
+    value = str(options[key]).strip().lower()
+    if value in ("true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise RobustactError(f"suite option {key}={options[key]!r}: expected true or false")
+
+
 def parse_options(items: list[str], flag: str = "--suite-opt") -> dict:
     """["steps=20", "aa=standard"] -> {"steps": "20", "aa": "standard"}: the KEY=VALUE options of a flag."""
     out = {}

@@ -31,6 +31,9 @@ class ObjectiveContext:
     alpha: float = 2 / 255
     steps: int = 10
     random_start: bool = True
+    start: str = "uniform"          # the PGD training attack's start: uniform in the eps-ball, or normal
+    start_sigma: float = 0.001      # the normal start's std (also TRADES' KL adversary's)
+    clamp_start: bool = True        # random starts clamped to [0, 1] (False: the official CAS / TRADES / MART code)
     attack_model_mode: str = "eval"
     trades_beta: float = 6.0
     mart_beta: float = 6.0
@@ -45,7 +48,8 @@ class ObjectiveContext:
     def from_config(cls, training: TrainingConfig, **distributed) -> ObjectiveContext:
         atk = training.attack
         return cls(eps=atk.eps, alpha=atk.alpha if atk.alpha is not None else 2.5 * atk.eps / atk.steps,
-                   steps=atk.steps, random_start=atk.random_start, attack_model_mode=atk.model_mode,
+                   steps=atk.steps, random_start=atk.random_start, start=atk.start, start_sigma=atk.start_sigma,
+                   clamp_start=atk.clamp_start, attack_model_mode=atk.model_mode,
                    trades_beta=training.trades_beta, mart_beta=training.mart_beta, fgsm_alpha=training.fgsm_alpha,
                    **distributed)
 
@@ -72,11 +76,14 @@ def with_training_masks(model: nn.Module, attack):
 
 
 def training_attack(model: nn.Module, ctx: ObjectiveContext, loss: str = "ce"):
-    """PGD as the defense wants it in training: its joint loss (aux-only if the defense says so) and masks."""
+    """PGD as the defense wants it in training: its joint loss (aux-only if the defense says so) and masks; the
+    start from `ctx` (uniform in the ε-ball by default; `x + 0.001·N(0, 1)` with start="normal", the official
+    MART code's)."""
     spec = defense_spec(model)
     extra = AuxTerm(spec.attack_aux_weight) if spec.attack_aux_weight else None
     return with_training_masks(model, PGD(
-        ctx.eps, steps=ctx.steps, alpha=ctx.alpha, random_start=ctx.random_start, model_mode=ctx.attack_model_mode,
+        ctx.eps, steps=ctx.steps, alpha=ctx.alpha, random_start=ctx.random_start, start=ctx.start,
+        start_sigma=ctx.start_sigma, clamp_start=ctx.clamp_start, model_mode=ctx.attack_model_mode,
         loss="zero" if spec.aux_only_train_attack else loss, extra_loss=extra, seed=None, shard=ctx.shard,
         validate=False))
 
@@ -98,7 +105,8 @@ def fgsm_rs(model, x, y, ctx):
     alpha = ctx.fgsm_alpha if ctx.fgsm_alpha is not None else 1.25 * ctx.eps
     extra = AuxTerm(spec.attack_aux_weight) if spec.attack_aux_weight else None
     attack = with_training_masks(model, FGSM(ctx.eps, alpha=alpha, random_start=True, model_mode=ctx.attack_model_mode,
-                                             extra_loss=extra, seed=None, shard=ctx.shard, validate=False))
+                                             extra_loss=extra, seed=None, shard=ctx.shard, validate=False,
+                                             clamp_start=ctx.clamp_start))
     x_adv = attack(ctx.target(model), x, y)
     logits = train_forward(model, x_adv, y)
     return supervised_loss(model, logits, y), logits
@@ -123,15 +131,16 @@ class KLFrom:
 
 def trades_adversary(model: nn.Module, x: torch.Tensor, ctx: ObjectiveContext, aux_weight: float = 0.0,
                      y: torch.Tensor | None = None) -> torch.Tensor:
-    """TRADES' inner maximisation: PGD on KL(f(x) ‖ f(x')) from x + 0.001·N(0, 1), model in the attack mode;
+    """TRADES' inner maximisation: PGD on KL(f(x) ‖ f(x')) from x + 0.001·N(0, 1) (σ = `ctx.start_sigma`, clamped
+    to [0, 1] unless `ctx.clamp_start` is off), model in the attack mode;
     with `aux_weight`, plus that weight times the mean KL of the aux heads (CAS / EWAS code)."""
     with attack_mode(model, ctx.attack_model_mode), torch.no_grad():
         logits_nat = model(x)
         aux_nat = aux_logits(model)
     extra = AuxTerm(aux_weight, "kl", reference=aux_nat) if aux_weight and aux_nat else None
-    attack = PGD(ctx.eps, steps=ctx.steps, alpha=ctx.alpha, random_start=True, start="normal", start_sigma=0.001,
-                 loss=KLFrom(logits_nat), extra_loss=extra, model_mode=ctx.attack_model_mode, seed=None,
-                 shard=ctx.shard, validate=False)
+    attack = PGD(ctx.eps, steps=ctx.steps, alpha=ctx.alpha, random_start=True, start="normal",
+                 start_sigma=ctx.start_sigma, clamp_start=ctx.clamp_start, loss=KLFrom(logits_nat), extra_loss=extra,
+                 model_mode=ctx.attack_model_mode, seed=None, shard=ctx.shard, validate=False)
     return attack(model, x, torch.zeros(len(x), dtype=torch.long, device=x.device) if y is None else y)
 
 

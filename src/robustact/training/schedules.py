@@ -11,7 +11,9 @@ from robustact.fields import parse_options
 def lr_at(schedule: ScheduleConfig | dict, base_lr: float, epoch_float: float, total_epochs: int) -> float:
     """Learning rate at a (fractional) epoch.
 
-    multistep: base·gamma^(#milestones passed); cosine: half-cosine to 0; cyclic: linear 0 → base at
+    multistep: base·gamma^(#milestones passed), the epochs numbered from `epoch_base` (0: the first epoch is
+    epoch 0; 1: it is epoch 1, as the official CAS TRADES/MART scripts, so each drop comes one epoch earlier);
+    cosine: half-cosine to 0; cyclic: linear 0 → base at
     `warmup_fraction` of training → 0 (the one-cycle of fast AT). `warmup_epochs` adds a linear warm-up.
     """
     if isinstance(schedule, dict):
@@ -21,7 +23,7 @@ def lr_at(schedule: ScheduleConfig | dict, base_lr: float, epoch_float: float, t
     if warmup > 0 and epoch_float < warmup and name != "cyclic":
         return base_lr * epoch_float / warmup
     if name == "multistep":
-        passed = sum(epoch_float >= m for m in schedule.milestones)
+        passed = sum(epoch_float + schedule.epoch_base >= m for m in schedule.milestones)
         return base_lr * schedule.gamma ** passed
     if name == "cosine":
         progress = min(max((epoch_float - warmup) / max(total_epochs - warmup, 1e-8), 0.0), 1.0)

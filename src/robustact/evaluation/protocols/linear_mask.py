@@ -11,10 +11,14 @@ from robustact.attacks import FGSM, PGD, AutoAttack, AuxTerm
 from robustact.attacks.adaptive import SoftMaskPGD
 from robustact.attacks.registry import make_attack
 from robustact.attacks.wrappers import EnumerateMasks
-from robustact.evaluation.suites import positive_int, read_options
+from robustact.evaluation.suites import bool_option, choice_option, positive_int, read_options
 
 BETA_SWEEP = (0.0, 0.1, 1.0, 10.0, 100.0)
 ADAPTIVE_OPTIONS = {"steps": "20", "aa": "standard", "square_queries": "5000", "surrogate": "runs/pgd-at-small-cifar10"}
+# the official-code fidelity options a paper suite may offer (`robustact eval --suite paper --suite-opt key=value`):
+# cw_hinge (example: CW's per-example hinge; batch: the hinge on the batch-summed margin) and clamp_start (true:
+# random starts clamped to [0, 1]; false: only to the eps-ball, as the official script)
+FIDELITY_OPTIONS = {"cw_hinge": "example", "clamp_start": "true"}
 
 
 def suite_options(options: dict | None) -> dict:
@@ -42,26 +46,37 @@ def paper_eps(eps: float) -> float:
 
 
 def paper_suite(eps: float, seed: int, *, weight: float, fgsm_eps: float, step: float, cw_steps: int,
-                kappa: float) -> dict:
+                kappa: float, cw_hinge: str = "example", clamp_start: bool = True) -> dict:
     """The official evaluation of a linear-mask defense: eval mode (predicted masks), random starts, every loss
     `loss_final + weight·mean_s loss_aux_s`: FGSM (one step of `fgsm_eps`), PGD-20 on CE and CW-`cw_steps` on
-    the margin (κ), both at the code's ε (`paper_eps`) with step `step`."""
+    the margin (κ), both at the code's ε (`paper_eps`) with step `step`. `cw_hinge="batch"` puts the CW hinge on
+    each head's batch-summed margin and `clamp_start=False` leaves the random starts unclamped (the official CAS
+    script; robustact's defaults are the per-example hinge and clamped starts)."""
     e = paper_eps(eps)
+    start = {"random_start": True, "clamp_start": clamp_start, "seed": seed}
     return {
-        "fgsm": FGSM(fgsm_eps, alpha=fgsm_eps, random_start=True, extra_loss=AuxTerm(weight), seed=seed),
-        "pgd20": PGD(e, steps=20, alpha=step, random_start=True, extra_loss=AuxTerm(weight), seed=seed),
-        f"cw{cw_steps}": PGD(e, steps=cw_steps, alpha=step, random_start=True, loss="margin", kappa=kappa,
-                             extra_loss=AuxTerm(weight, "margin", kappa=kappa), seed=seed),
+        "fgsm": FGSM(fgsm_eps, alpha=fgsm_eps, extra_loss=AuxTerm(weight), **start),
+        "pgd20": PGD(e, steps=20, alpha=step, extra_loss=AuxTerm(weight), **start),
+        f"cw{cw_steps}": PGD(e, steps=cw_steps, alpha=step, loss="margin", kappa=kappa, hinge=cw_hinge,
+                             extra_loss=AuxTerm(weight, "margin", kappa=kappa, hinge=cw_hinge), **start),
     }
 
 
-def paper_builder(weight: float, step, cw_steps: int, kappa: float, fgsm_at_paper_eps: bool):
-    """The `paper` suite builder of one linear-mask defense (`step` maps the code's ε to its step size)."""
+def paper_builder(weight: float, step, cw_steps: int, kappa: float, fgsm_at_paper_eps: bool,
+                  options: tuple[str, ...] = ()):
+    """The `paper` suite builder of one linear-mask defense (`step` maps the code's ε to its step size);
+    `options` names the `FIDELITY_OPTIONS` this defense's paper suite takes (`--suite-opt`)."""
+    defaults = {key: FIDELITY_OPTIONS[key] for key in options}
 
     def build(model: nn.Module, eps: float, seed: int = 0, options: dict | None = None) -> dict:
-        read_options(options, {}, "paper")
+        opts = read_options(options, defaults, "paper")
+        fidelity = {}
+        if "cw_hinge" in opts:
+            fidelity["cw_hinge"] = choice_option(opts, "cw_hinge", ("example", "batch"))
+        if "clamp_start" in opts:
+            fidelity["clamp_start"] = bool_option(opts, "clamp_start")
         return paper_suite(eps, seed, weight=weight, fgsm_eps=paper_eps(eps) if fgsm_at_paper_eps else eps,
-                           step=step(paper_eps(eps)), cw_steps=cw_steps, kappa=kappa)
+                           step=step(paper_eps(eps)), cw_steps=cw_steps, kappa=kappa, **fidelity)
 
     return build
 
