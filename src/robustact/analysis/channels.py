@@ -13,6 +13,11 @@ without the running-mean bias).
 Adversarial images: PGD-20, ε = options.eps, step 0.003, random start, eval mode (predicted masks), loss
 `CE_final + 2·mean CE_aux` (the CAS paper protocol; a plain model has no aux term) — each model attacked
 white-box.
+
+The class: `--class C`, `--class mean` (every class's statistics, as shares of its images, averaged over the
+classes), or by default the class on which the models' lowest clean accuracy is highest (`resolve_class`). The
+figure shares each row's y-axis and the channel range across the models; the CSV has one row per model, class
+and channel.
 """
 
 from __future__ import annotations
@@ -20,10 +25,21 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from robustact.analysis.registry import AnalysisOptions, class_images, register_analysis
-from robustact.attacks import PGD, AuxTerm
+from robustact.analysis.figures import (
+    ADVERSARIAL,
+    NATURAL,
+    eps_text,
+    legend_from,
+    new_figure,
+    save_figure,
+    set_title,
+    style_axes,
+)
+from robustact.analysis.registry import AnalysisOptions, ClassChoice, class_images, register_analysis, resolve_class
+from robustact.attacks import PGD, AuxTerm, predict
 from robustact.checkpoints import checkpoint_label
 from robustact.defenses.placement import placement_slots
 from robustact.evaluation import open_run
@@ -71,77 +87,134 @@ def _adversarial(model, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int)
 
 
 def analyse(model, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int = 0) -> dict:
+    """Channel statistics of the images `x` (natural) and their PGD-20 versions; the per-image channel values
+    and labels are kept for per-class statistics (`--class mean`)."""
     path = _slot_path(model)
     x_adv = _adversarial(model, x, y, eps, seed)
     with torch.no_grad():
         model.eval()
-        acc_nat = (model(x).argmax(1) == y).float().mean().item()
-        acc_adv = (model(x_adv).argmax(1) == y).float().mean().item()
-    return {"slot": path, "natural": channel_stats(channel_values(model, x, path)),
-            "adversarial": channel_stats(channel_values(model, x_adv, path)),
-            "acc_natural": acc_nat, "acc_adversarial": acc_adv, "n": len(y)}
+        correct_nat = (predict(model, x) == y).cpu()
+        correct_adv = (predict(model, x_adv) == y).cpu()
+    values_nat, values_adv = channel_values(model, x, path), channel_values(model, x_adv, path)
+    return {"slot": path, "natural": channel_stats(values_nat), "adversarial": channel_stats(values_adv),
+            "acc_natural": correct_nat.float().mean().item(), "acc_adversarial": correct_adv.float().mean().item(),
+            "n": len(y), "values_natural": values_nat, "values_adversarial": values_adv, "y": y.cpu(),
+            "correct_natural": correct_nat, "correct_adversarial": correct_adv}
 
 
-def _plot(results: list[tuple[str, dict]], class_idx: int, path: Path) -> None:
-    import matplotlib
+def per_class(r: dict, classes: list[int]) -> dict[int, dict]:
+    """{class: the statistics of `analyse` restricted to that class's images}."""
+    out = {}
+    for c in classes:
+        keep = r["y"] == c
+        out[c] = {"slot": r["slot"], "natural": channel_stats(r["values_natural"][keep]),
+                  "adversarial": channel_stats(r["values_adversarial"][keep]), "n": int(keep.sum()),
+                  "acc_natural": r["correct_natural"][keep].float().mean().item(),
+                  "acc_adversarial": r["correct_adversarial"][keep].float().mean().item()}
+    return out
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(results), figsize=(5.5 * len(results), 8), squeeze=False)
-    for col, (name, r) in enumerate(results):
-        nat, adv = r["natural"], r["adversarial"]
-        order = torch.argsort(nat["freq"], descending=True, stable=True)
-        xs = range(len(order))
+def profile(r: dict, share: bool = False) -> dict[str, torch.Tensor]:
+    """What a panel draws: frequency sorted by natural frequency (natural and adversarial in that one order) and
+    magnitude sorted descending; as a share of the images with `share`."""
+    nat, adv = r["natural"], r["adversarial"]
+    scale = 1.0 / max(r["n"], 1) if share else 1.0
+    order = torch.argsort(nat["freq"], descending=True, stable=True)
+    return {"freq_natural": nat["freq"][order].double() * scale,
+            "freq_adversarial": adv["freq"][order].double() * scale,
+            "mag_natural": torch.sort(nat["mean"], descending=True).values.double(),
+            "mag_adversarial": torch.sort(adv["mean"], descending=True).values.double()}
+
+
+def mean_profile(classes: dict[int, dict]) -> dict:
+    """The per-class profiles (shares of each class's images) averaged over the classes, and the class-balanced
+    accuracies."""
+    profiles = [profile(r, share=True) for r in classes.values()]
+    out: dict = {key: torch.stack([p[key] for p in profiles]).mean(0) for key in profiles[0]}
+    for key in ("acc_natural", "acc_adversarial"):
+        out[key] = sum(r[key] for r in classes.values()) / len(classes)
+    out["n"] = sum(r["n"] for r in classes.values())
+    return out
+
+
+def plot_channels(panels: list[tuple[str, dict]], choice: ClassChoice, eps: float, slot: str):
+    """The figure: one column per model; row 1 activation frequency (natural bars, adversarial steps, channels
+    sorted by natural frequency), row 2 mean magnitude (sorted). Each row shares its y-axis and every panel the
+    channel range, so the models are compared on one scale. `panels`: (model label, `profile` + accuracies)."""
+    share = choice.index is None
+    fig, axes = new_figure(2, len(panels), (4.6, 3.4), sharey="row")
+    channels = max(len(p["freq_natural"]) for _, p in panels)
+    attack = f"PGD-20 (ε = {eps_text(eps)})"
+    for col, (name, p) in enumerate(panels):
+        xs = np.arange(len(p["freq_natural"]))
         ax = axes[0][col]
-        ax.bar(xs, adv["freq"][order].numpy(), color="tab:orange", width=1.0, label="adversarial (PGD-20)")
-        ax.bar(xs, nat["freq"][order].numpy(), color="tab:blue", alpha=0.5, width=1.0, label="natural")
-        ax.set_title(f"{name}\nclass {class_idx}: {r['n']} images, acc nat {r['acc_natural']:.0%} / "
-                     f"adv {r['acc_adversarial']:.0%}", fontsize=10)
-        ax.set_xlabel("channel (sorted by natural frequency)")
-        ax.set_ylabel("activation frequency (images)")
-        ax.legend(fontsize=8)
+        bars = ax.bar(xs, p["freq_natural"].numpy(), width=1.0, color=NATURAL, alpha=0.45, linewidth=0,
+                      label="natural")
+        (steps,) = ax.step(xs, p["freq_adversarial"].numpy(), where="mid", color=ADVERSARIAL, lw=1.1,
+                           label=f"adversarial, {attack}")
+        ax.set_title(f"{name}\nclean {p['acc_natural']:.0%}, PGD-20 {p['acc_adversarial']:.0%}")
+        ax.set_xlabel("channel rank (by natural frequency)")
         ax = axes[1][col]
-        ax.plot(torch.sort(nat["mean"], descending=True).values.numpy(), color="tab:blue", label="natural")
-        ax.plot(torch.sort(adv["mean"], descending=True).values.numpy(), color="tab:orange",
-                label="adversarial (PGD-20)")
-        ax.set_xlabel("channel (sorted by magnitude)")
-        ax.set_ylabel("mean activation (GAP)")
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Channel activation at the last CAS site ({results[0][1]['slot']}), pre-mask", fontsize=11)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+        (nat,) = ax.plot(xs, p["mag_natural"].numpy(), color=NATURAL, lw=1.4, label="natural")
+        (adv,) = ax.plot(xs, p["mag_adversarial"].numpy(), color=ADVERSARIAL, lw=1.4,
+                         label=f"adversarial, {attack}")
+        ax.set_xlabel("channel rank (by magnitude)")
+        if col == 0:
+            legend_from(axes[0][0], [bars, steps], loc="upper center", ncol=2)
+            legend_from(axes[1][0], [nat, adv], loc="upper right")
+    axes[0][0].set_ylabel("share of the class's images activating\n(mean over classes)" if share
+                          else "images activating the channel")
+    axes[1][0].set_ylabel("mean activation (GAP)")
+    for row, line in enumerate(axes):
+        for ax in line:
+            ax.set_xlim(-0.5, channels - 0.5)
+            style_axes(ax, channel_x=True, channel_y=row == 0 and not share)  # counts of images: integer ticks
+    top = max(float(max(p["freq_natural"].max(), p["freq_adversarial"].max())) for _, p in panels)
+    axes[0][0].set_ylim(0, 1.3 * top or 1.0)   # headroom for the legend above the bars
+    set_title(fig, f"Channel activation at the last CAS site ({slot} input, pre-mask): natural vs {attack}",
+              choice.describe())
+    return fig
 
 
 def _write_csv(results: list[tuple[str, dict]], path: Path) -> None:
+    """One row per model, class and channel (the class's own statistics, before any sorting)."""
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", "slot", "channel", "freq_natural", "freq_adversarial", "mean_natural",
-                    "mean_adversarial", "mean_active_natural", "mean_active_adversarial", "n_images"])
-        for name, r in results:
-            nat, adv = r["natural"], r["adversarial"]
-            for c in range(len(nat["freq"])):
-                w.writerow([name, r["slot"], c, int(nat["freq"][c]), int(adv["freq"][c]),
-                            f"{nat['mean'][c]:.6g}", f"{adv['mean'][c]:.6g}", f"{nat['mean_active'][c]:.6g}",
-                            f"{adv['mean_active'][c]:.6g}", r["n"]])
+                    "mean_adversarial", "mean_active_natural", "mean_active_adversarial", "n_images", "class",
+                    "acc_natural", "acc_adversarial"])
+        for name, classes in results:
+            for class_idx, r in classes.items():
+                nat, adv = r["natural"], r["adversarial"]
+                for c in range(len(nat["freq"])):
+                    w.writerow([name, r["slot"], c, int(nat["freq"][c]), int(adv["freq"][c]),
+                                f"{nat['mean'][c]:.6g}", f"{adv['mean'][c]:.6g}", f"{nat['mean_active'][c]:.6g}",
+                                f"{adv['mean_active'][c]:.6g}", r["n"], class_idx, f"{r['acc_natural']:.4f}",
+                                f"{r['acc_adversarial']:.4f}"])
     tmp.replace(path)
 
 
 @register_analysis("channels")
 def channels(targets: list[Path], options: AnalysisOptions) -> list[Path]:
-    class_idx = 0 if options.class_idx is None else int(options.class_idx)
-    results: list[tuple[str, dict]] = []
-    for target in targets:
-        run = open_run(target, options.which, options.n, options.device, data_root=options.data_root)
-        x, y = class_images(run, class_idx)
-        name = checkpoint_label(target)
-        results.append((name, analyse(run.model, x, y, options.eps, options.seed)))
-    stem = f"channels_class{class_idx}"
+    runs = [(checkpoint_label(t), open_run(t, options.which, options.n, options.device, data_root=options.data_root))
+            for t in targets]
+    choice = resolve_class(options.class_idx, runs)
+    results: list[tuple[str, dict[int, dict]]] = []
+    panels: list[tuple[str, dict]] = []
+    for name, run in runs:
+        if choice.index is None:  # the mean over classes: every image attacked, statistics per class
+            classes = per_class(analyse(run.model, run.x, run.y, options.eps, options.seed), choice.classes)
+            panels.append((name, mean_profile(classes)))
+        else:
+            x, y = class_images(run, choice.index)
+            r = analyse(run.model, x, y, options.eps, options.seed)
+            classes = {choice.index: r}
+            panels.append((name, profile(r) | {k: r[k] for k in ("acc_natural", "acc_adversarial", "n")}))
+        results.append((name, classes))
+    stem = f"channels_{choice.stem}"
     png, csv_path = options.out / f"{stem}.png", options.out / f"{stem}.csv"
     _write_csv(results, csv_path)
-    _plot(results, class_idx, png)
+    slot = next(iter(results[0][1].values()))["slot"]
+    save_figure(plot_channels(panels, choice, options.eps, slot), png)
     return [png, csv_path]
