@@ -21,13 +21,15 @@ LAYER_OF = {
     "robustact.data": "data",
     "robustact.models": "models",
     "robustact.defenses": "defenses",
-    "robustact.attacks": "attacks",
+    "robustact.attacks": "attacks", "robustact.attacks.bpda": "attacks",
     "robustact.config": "config",
     "robustact.checkpoints": "checkpoints",
     "robustact.training": "training",
-    "robustact.evaluation": "evaluation",
+    "robustact.evaluation": "evaluation", "robustact.evaluation.stats": "evaluation",
+    "robustact.evaluation.audit": "evaluation",
     "robustact.analysis": "analysis",
-    "robustact.cli": "top", "robustact.bench": "top", "robustact.__main__": "top", "robustact": "top",
+    "robustact.cli": "top", "robustact.bench": "top", "robustact.reproduce": "top", "robustact.__main__": "top",
+    "robustact": "top",
 }
 
 # What each layer may import (besides itself). data and models import nothing above them; defenses only

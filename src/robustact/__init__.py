@@ -30,4 +30,12 @@ def benchmark(model, dataset: str = "cifar10", norm: str = "Linf", eps=None, n: 
     return _benchmark(model, dataset=dataset, norm=norm, eps=eps, n=n, suite=suite, **options)
 
 
-__all__ = ["__version__", "benchmark", "build_model", "load_dataset", "load_model"]
+def audit(model, x, y, **options):
+    """Is `model`'s robustness on images `x` (labels `y`) real? Claimed vs adaptive attacks, sanity checks, paired
+    CIs and a verdict (holds | partly | masking): see `robustact.evaluation.audit.audit`."""
+    from robustact.evaluation.audit import audit as _audit
+
+    return _audit(model, x, y, **options)
+
+
+__all__ = ["__version__", "audit", "benchmark", "build_model", "load_dataset", "load_model"]

@@ -1,9 +1,10 @@
-"""`robustact train | eval | compare | sanity | analyze | info | presets | bench` — the command-line face of the
+"""`robustact train | eval | audit | compare | sanity | analyze | info | presets | bench` — the command-line face of the
 library. Each command parses its flags and calls one library function; bad input is one line and exit 2."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -84,6 +85,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     options = EvalOptions(
         attacks=args.attacks, suite=args.suite, suite_options=parse_options(args.suite_opt or []), only=args.only,
+        skip=args.skip,
         protocol=args.protocol, cascade=args.cascade, n=args.n, eps=args.eps, out=args.out, restart=args.restart,
         overwrite=args.overwrite,
         which=args.which, arch=args.arch, num_classes=args.num_classes, batch_size=args.batch_size, seed=args.seed,
@@ -92,6 +94,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sanity_n=args.sanity_n, progress=not args.no_progress, data_root=args.data_dir, device=args.device,
         download=args.download)
     _eval_and_print(args.target, options)
+    return 0
+
+
+# ---------------------------------------------------------------- audit
+def cmd_audit(args: argparse.Namespace) -> int:
+    from robustact.evaluation.audit import AuditOptions, audit_run
+    from robustact.evaluation.suites import parse_options
+
+    options = AuditOptions(
+        n=args.n, eps=args.eps, norm=args.norm, which=args.which, arch=args.arch,
+        arch_options=parse_arch_options(args.arch_opt or []), num_classes=args.num_classes, normalize=args.normalize,
+        batch_size=args.batch_size, seed=args.seed, sanity_n=args.sanity_n, out=args.out, baseline=args.baseline,
+        surrogate=args.surrogate, suite_options=parse_options(args.suite_opt or []), overwrite=args.overwrite,
+        restart=args.restart, progress=not args.no_progress, data_root=args.data_dir, device=args.device,
+        download=args.download)
+    result = audit_run(args.target, options)
+    print(result.to_markdown(), end="")
+    if "report" in result.meta:
+        print(f"\naudit: {result.meta['report']} (+ {Path(result.meta['report_json']).name})")
+    else:
+        print("robustact: note: a checkpoint outside a run: nothing written (--out PATH writes PATH.md + .json and "
+              "each side's report, and resumes)", file=sys.stderr)
     return 0
 
 
@@ -122,11 +146,15 @@ def parse_arch_options(items: list[str]) -> dict:
 
 # ---------------------------------------------------------------- reports, analyses, information
 def cmd_compare(args: argparse.Namespace) -> int:
-    from robustact.evaluation.compare import format_comparison, merge_reports
+    from robustact.evaluation.compare import format_comparison, merge_reports, merge_with_baseline
     from robustact.fileio import atomic_write_text
 
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
-    table = format_comparison(merge_reports(args.reports), columns)
+    if args.baseline:
+        rows, base = merge_with_baseline(args.reports, args.baseline)
+        table = format_comparison(rows, columns, baseline=base)
+    else:
+        table = format_comparison(merge_reports(args.reports), columns)
     print(table, end="")
     if args.out:
         atomic_write_text(Path(args.out), table)
@@ -147,15 +175,37 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from robustact.analysis import AnalysisOptions, run_analysis
+    from robustact.analysis.registry import class_option
     from robustact.attacks.base import validate_eps
     from robustact.fields import parse_number
 
     targets = [Path(t) for t in args.targets]
     out = Path(args.out) if args.out else (targets[0] if targets[0].is_dir() else targets[0].parent) / "analysis"
-    options = AnalysisOptions(out=out, class_idx=args.class_idx, n=args.n, eps=validate_eps(parse_number(args.eps)),
-                              which=args.which, data_root=args.data_dir, device=args.device, seed=args.seed)
+    options = AnalysisOptions(out=out, class_idx=class_option(args.class_idx), n=args.n,
+                              eps=validate_eps(parse_number(args.eps)), which=args.which, data_root=args.data_dir,
+                              device=args.device, seed=args.seed)
     for path in run_analysis(args.kind, targets, options):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from robustact.reproduce import list_tables, load_table
+    from robustact.reproduce.command import parse_launcher, reproduce
+
+    if not args.table:
+        for name in list_tables():
+            table = load_table(name)
+            print(f"{name:<10} {table.title}")
+        print("robustact reproduce NAME --dry-run shows a table's plan and time estimate")
+        return 0
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
+    path = reproduce(args.table, scale=args.scale, seeds=args.seeds, out=args.out, dry_run=args.dry_run,
+                     estimate=not args.no_estimate, rows=rows, launcher=parse_launcher(args.launcher),
+                     render_only=args.render_only, data_root=args.data_dir, device=args.device,
+                     progress=not args.no_progress)
+    if path is not None and json.loads(path.with_suffix(".json").read_text())["failed"]:
+        return 1  # the table is written; a row failed (listed in it)
     return 0
 
 
@@ -227,6 +277,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("--suite-opt", action="append", metavar="KEY=VALUE",
                    help="suite option, e.g. aa=apgd-ce+apgd-t, steps=50, square_queries=1000, surrogate=RUN")
     p.add_argument("--only", metavar="NAMES", help="run only these attacks of the suite (comma-separated)")
+    p.add_argument("--skip", metavar="NAMES", help="run the suite without these attacks (comma-separated)")
     p.add_argument("--protocol", metavar="DEFENSE",
                    help="run DEFENSE's paper suite on an undefended model (a baseline under the same attacks)")
     p.add_argument("--cascade", metavar="NAMES",
@@ -267,10 +318,45 @@ def _eval_parser(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
+def _audit_parser(sub) -> None:
+    p = sub.add_parser("audit", help="is a model's robustness real? claimed vs adaptive attacks, sanity checks, "
+                                     "paired CIs, a verdict (holds | partly | masking) on one page")
+    p.add_argument("target", help="run directory or checkpoint (.safetensors, or a plain state_dict .pt)")
+    p.add_argument("--n", "--num-images", dest="n", type=int, help="first N test images (default: the run's, 1000)")
+    p.add_argument("--eps", help="radius: Linf in pixel units, e.g. 8/255 (default: the run's); L2 e.g. 0.5")
+    p.add_argument("--norm", default="Linf", type=_norm_name, help="threat model: Linf (default) or L2")
+    p.add_argument("--baseline", metavar="RUN",
+                   help="a matched undefended model (run or checkpoint): its standard evaluation on the same images, "
+                        "compared per example with the audited model's final worst case")
+    p.add_argument("--surrogate", metavar="RUN",
+                   help="the model transfer attacks are crafted on (default: the audited model's BPDA copy, when it "
+                        "has layers without gradients)")
+    p.add_argument("--suite-opt", action="append", metavar="KEY=VALUE",
+                   help="options of the adaptive side (the defense's adaptive suite, or the generic one: aa=standard "
+                        "| e.g. apgd-ce+square, steps=50, square_queries=5000); paper.KEY=VALUE for the paper suite")
+    p.add_argument("--out", help="the page's path: OUT.md + OUT.json (default: RUN/eval/audit.md/.json); each side's "
+                                 "eval report beside it (OUT-claimed.json, ...), resumed when run again")
+    p.add_argument("--overwrite", action="store_true", help="replace side reports of another evaluation")
+    p.add_argument("--restart", action="store_true", help="discard the journals of interrupted sides")
+    p.add_argument("--which", default="best", choices=["best", "last"], help="run checkpoint: best (default) or last")
+    p.add_argument("--arch", help="architecture of a checkpoint without robustact metadata, or auto")
+    p.add_argument("--arch-opt", action="append", metavar="KEY=VALUE[,KEY=VALUE]", help="its options")
+    p.add_argument("--num-classes", type=int, help="classes of a checkpoint without robustact metadata")
+    p.add_argument("--normalize", metavar="NAME|MEAN,STD", help="the input normalisation it was trained with")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sanity-n", type=int, default=200, help="sanity checks on the first N images (0: skip)")
+    _add_common(p)
+    p.set_defaults(func=cmd_audit)
+
+
 def _report_parsers(sub) -> None:
     p = sub.add_parser("compare", help="one Markdown table from eval reports (same model: one row, joint worst case)")
     p.add_argument("reports", nargs="+", help="JSON reports written by `robustact eval`")
     p.add_argument("--columns", help="comma-separated attack columns in order (default: all, as first seen)")
+    p.add_argument("--baseline", metavar="REPORT_OR_LABEL",
+                   help="a row (one of the reports, or a row's label) or another report: every other row gets its "
+                        "worst case's paired difference from the baseline's (bootstrap CI over the images, McNemar)")
     p.add_argument("--out", help="also write the table to this file")
     p.set_defaults(func=cmd_compare)
 
@@ -287,7 +373,9 @@ def _report_parsers(sub) -> None:
     p = sub.add_parser("analyze", help="activation analyses of runs (CSV + PNG), e.g. --kind channels")
     p.add_argument("targets", nargs="+", help="run directories or checkpoints (several are shown side by side)")
     p.add_argument("--kind", required=True, help="channels (CAS), relevance (CIFS), gates (Sparta)")
-    p.add_argument("--class", dest="class_idx", type=int, help="class whose test images are analysed")
+    p.add_argument("--class", dest="class_idx", metavar="C|mean",
+                   help="class whose test images are analysed, or 'mean' (averaged over the classes); default: the "
+                        "class the models classify best (highest lowest clean accuracy); gates: all images")
     p.add_argument("--n", "--num-images", dest="n", type=int, default=1000, help="first N test images considered")
     p.add_argument("--eps", default="8/255")
     p.add_argument("--which", default="best", choices=["best", "last"])
@@ -295,6 +383,25 @@ def _report_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
     p.set_defaults(func=cmd_analyze)
+
+
+def _reproduce_parser(sub) -> None:
+    p = sub.add_parser("reproduce", help="a paper's table in one command: train, evaluate, table beside the "
+                                         "published numbers with seeds and confidence intervals")
+    p.add_argument("table", nargs="?", help="table name (none: list them), or a table file NAME.yaml")
+    p.add_argument("--scale", default="cpu", choices=["cpu", "paper"],
+                   help="cpu: the CPU-sized *-small presets; paper: the papers' networks and budgets")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..K-1 of every row (default 1)")
+    p.add_argument("--out", default="runs/reproduce",
+                   help="where runs (OUT/runs/ID/seedK, shared by the tables) and tables (OUT/NAME/) go")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, what is done, and time estimates")
+    p.add_argument("--no-estimate", action="store_true", help="with --dry-run: skip the throughput measurement")
+    p.add_argument("--rows", help="run only these rows (comma-separated); the table shows every row")
+    p.add_argument("--launcher", help="run each job as LAUNCHER + its robustact arguments, e.g. 'torchrun "
+                                      "--standalone --nproc_per_node=8 -m robustact' (default: in this process)")
+    p.add_argument("--render-only", action="store_true", help="write the table from the reports on disk; run nothing")
+    _add_common(p)
+    p.set_defaults(func=cmd_reproduce)
 
 
 def _info_parsers(sub) -> None:
@@ -322,7 +429,7 @@ def _info_parsers(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robustact", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_train_parser, _eval_parser, _report_parsers, _info_parsers):
+    for add in (_train_parser, _eval_parser, _audit_parser, _report_parsers, _reproduce_parser, _info_parsers):
         add(sub)
     return parser
 

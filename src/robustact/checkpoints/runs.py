@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,17 @@ def checkpoint_label(path: str | Path) -> str:
     stem. Reads no file (a report may name a checkpoint that has moved)."""
     p = Path(path)
     if p.parent.name == "checkpoints":  # 0.1.0: RUN/checkpoints/TAG.safetensors
-        return p.parent.parent.name
+        return _run_label(p.parent.parent)
     if p.parent.parent.name == "checkpoints":  # RUN/checkpoints/TAG/model.safetensors
-        return p.parent.parent.parent.name
-    return p.name if p.suffix == "" else p.stem
+        return _run_label(p.parent.parent.parent)
+    return _run_label(p) if p.suffix == "" else p.stem
+
+
+def _run_label(run: Path) -> str:
+    """A run's name; `robustact reproduce`'s ID/seedK runs are called ID-seedK (seedK alone says nothing)."""
+    if re.fullmatch(r"seed\d+", run.name) and run.parent.name:
+        return f"{run.parent.name}-{run.name}"
+    return run.name
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, Path | None]:

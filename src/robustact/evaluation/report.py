@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from robustact.attacks.result import EvalResult
 from robustact.fileio import atomic_write_text
 
@@ -62,6 +64,18 @@ def format_markdown(result: EvalResult, title: str = "Evaluation", meta: dict | 
         out += [f"| {f['name']} | {'**yes**' if f['fired'] else 'no'} | {f['value']:.4g} | {f['message']} |"
                 for f in result.sanity]
     return "\n".join(out) + "\n"
+
+
+def result_from_report(data: dict) -> EvalResult:
+    """The `EvalResult` a JSON report (`write_reports`) holds: per-example outcomes, attacks, timings, sanity."""
+    per_example = data["per_example"]
+    attacks = dict(data.get("attacks", {}))
+    robust = {name: torch.tensor(per_example[name], dtype=torch.bool) for name in attacks}
+    return EvalResult(n=int(data["n"]), eps=float(data["eps"]), norm=data.get("norm", "Linf"),
+                      clean=torch.tensor(per_example["clean"], dtype=torch.bool), robust=robust,
+                      seconds=dict(data.get("seconds", {})), attacks=attacks, seed=int(data.get("seed", 0)),
+                      sanity=list(data.get("sanity", [])), cascaded=list(data.get("cascaded", [])),
+                      meta=dict(data.get("meta", {})))
 
 
 def write_reports(result: EvalResult, json_path: Path, meta: dict | None = None, title: str = "Evaluation",

@@ -24,7 +24,7 @@ from robustact.data import dataset_info, test_split
 from robustact.errors import RobustactError
 from robustact.evaluation.engine import evaluate
 from robustact.evaluation.journal import EvalJournal, file_digest, journal_path
-from robustact.evaluation.report import write_reports
+from robustact.evaluation.report import result_from_report, write_reports
 from robustact.evaluation.sanity import SanityFlag, run_sanity_checks
 from robustact.evaluation.suites import build_suite
 from robustact.fields import parse_number
@@ -90,6 +90,7 @@ class EvalOptions:
     suite: str | None = None                 # quick | standard | paper | adaptive (instead of attacks)
     suite_options: dict[str, str] = field(default_factory=dict)  # the suite's options (--suite-opt)
     only: str | list[str] | None = None      # run only these attacks of the suite
+    skip: str | list[str] | None = None      # run the suite without these attacks
     protocol: str | None = None              # a defense's paper suite on an undefended model
     cascade: str | list[str] | None = None   # these attacks (or "all") only on examples robust so far
     n: int | None = None                     # the first n test images (default: the config's, 1000)
@@ -133,12 +134,17 @@ def select_attacks(model: nn.Module, eps: float, options: EvalOptions, config: R
     the official AutoAttack right after each of robustact's."""
     if options.suite and options.attacks:
         raise RobustactError("give --suite or --attacks, not both")
-    if not options.suite and (options.suite_options or options.only or options.protocol):
-        raise RobustactError("--suite-opt, --only and --protocol go with --suite")
+    if not options.suite and (options.suite_options or options.only or options.skip or options.protocol):
+        raise RobustactError("--suite-opt, --only, --skip and --protocol go with --suite")
     if options.suite:
         attacks = build_suite(options.suite, model, eps, seed=options.seed, options=options.suite_options,
                               protocol=options.protocol, norm=options.norm)
         attacks = _subset(attacks, _names(options.only), "--only") if options.only else attacks
+        if options.skip:
+            skipped = _subset(attacks, _names(options.skip), "--skip")
+            attacks = {name: a for name, a in attacks.items() if name not in skipped}
+            if not attacks:
+                raise RobustactError("--skip leaves no attack of the suite to run")
     else:
         names = parse_attack_list(options.attacks or config.eval.attacks)
         attacks = {name: make_attack(name, eps, options.norm, seed=options.seed) for name in names}
@@ -205,6 +211,22 @@ def _refuse_to_replace(out: Path, settings: dict, overwrite: bool) -> None:
                          "it, or --out for another file")
 
 
+def finished_report(out: Path, settings: dict) -> EvalResult | None:
+    """The result in the finished report at `out` when it was made with exactly `settings`, else None."""
+    try:
+        data = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("settings") != json.loads(json.dumps(settings)):
+        return None
+    try:
+        result = result_from_report(data)
+    except (KeyError, TypeError, ValueError):
+        return None
+    result.meta |= {"report": str(out), "reused": True}
+    return result
+
+
 def _open_report(out: Path | None, settings: dict, options: EvalOptions) -> tuple[WriterLock, EvalJournal] | None:
     """Rank 0's side of a report: its lock, the check that it replaces nothing else, and the journal."""
     if out is None:
@@ -238,11 +260,14 @@ def run_eval(target: str | Path, options: EvalOptions | None = None) -> EvalResu
 
 
 def evaluate_model(model: nn.Module, config: RunConfig, options: EvalOptions, *, source: str, digest: str,
-                   out: Path | None, device: str | None, model_settings: dict | None = None) -> EvalResult:
+                   out: Path | None, device: str | None, model_settings: dict | None = None,
+                   attacks: dict | None = None, reuse: bool = False) -> EvalResult:
     """The evaluation itself, for a model already built: attacks, test images, resumable report, sanity checks.
-    `digest` identifies the weights (the journal refuses to resume on other ones)."""
+    `digest` identifies the weights (the journal refuses to resume on other ones). `attacks` built by the caller
+    replace the options' suite or attack names (`robustact audit`'s sides); with `reuse`, a finished report at
+    `out` of exactly these settings is read back instead of being computed again."""
     eps = default_eps(options, config)
-    attacks = select_attacks(model, eps, options, config)
+    attacks = select_attacks(model, eps, options, config) if attacks is None else attacks
     cascade_names = list(attacks) if options.cascade == "all" else _names(options.cascade)
     cascade = [name for name in _subset(attacks, cascade_names, "--cascade") if not name.endswith("-official")]
     seed_everything(options.seed)
@@ -251,6 +276,10 @@ def evaluate_model(model: nn.Module, config: RunConfig, options: EvalOptions, *,
     batch_size = options.batch_size or config.eval.batch_size
     amp = check_amp(options.amp, run.device)
     settings = _settings(options, config, run, attacks, cascade, eps, batch_size, amp, digest, model_settings)
+    if reuse and out is not None and distributed.current().world == 1:
+        finished = finished_report(out, settings)
+        if finished is not None:
+            return finished
     lock, journal = distributed.on_main(_open_report, out, settings, options) or (None, None)
     try:
         result = evaluate(run.model, run.x, run.y, attacks, eps=eps, batch_size=batch_size,
