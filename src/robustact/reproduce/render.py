@@ -39,14 +39,21 @@ class Cell:
         return mean_std(self.values)[1] if self.values else None
 
 
+_LOADED: dict[Path, tuple[int, dict]] = {}  # report -> (mtime, content): every column and verdict reads it once
+
+
 def _load(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        mtime = path.stat().st_mtime_ns
+        if path not in _LOADED or _LOADED[path][0] != mtime:
+            _LOADED[path] = (mtime, json.loads(path.read_text()))
+        return _LOADED[path][1]
     except (OSError, ValueError):
         return None
 
 
-def _reports(plan: Plan, row: Row, seed: int) -> dict[str, tuple[Path, dict]]:
+def reports_of(plan: Plan, row: Row, seed: int) -> dict[str, tuple[Path, dict]]:
+    """Evaluation name -> (report path, report) of one row and seed, for the reports that exist."""
     out = {}
     for job in plan.evals:
         if job.row.id == row.id and job.seed == seed:
@@ -63,7 +70,7 @@ def _expected(plan: Plan, row: Row, seed: int) -> set[str]:
 def measure(plan: Plan, row: Row, column: Column) -> Cell:
     cell = Cell()
     for seed in plan.seeds:
-        reports = _reports(plan, row, seed)
+        reports = reports_of(plan, row, seed)
         expected = _expected(plan, row, seed)
         if column.sources:
             for ev, attack in column.sources:

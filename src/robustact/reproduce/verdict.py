@@ -7,7 +7,6 @@ are those of the row's reports."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from robustact.evaluation.report import result_from_report
 from robustact.evaluation.stats import paired_difference
 from robustact.fileio import make_dirs
 from robustact.reproduce.plan import Plan
+from robustact.reproduce.render import reports_of
 from robustact.reproduce.tables import Row
 
 SEED = 0
@@ -32,11 +32,7 @@ class _Settings(str):
 
 
 def _reports(plan: Plan, row: Row, evals: list[str]) -> dict[str, tuple[Path, dict]]:
-    out = {}
-    for job in plan.evals:
-        if job.row.id == row.id and job.seed == SEED and job.spec.name in evals and job.report.is_file():
-            out[job.spec.name] = (job.report, json.loads(job.report.read_text()))
-    return out
+    return {name: r for name, r in reports_of(plan, row, SEED).items() if name in evals}
 
 
 def _side(name: str, description: str, reports: dict[str, tuple[Path, dict]], where: Path) -> Side | None:
