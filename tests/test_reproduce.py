@@ -16,6 +16,7 @@ from robustact.errors import ConfigError, RobustactError
 from robustact.evaluation.stats import paired_difference
 from robustact.reproduce import list_tables, load_table, make_plan
 from robustact.reproduce.command import reproduce
+from robustact.reproduce.plan import TrainJob
 from robustact.reproduce.render import paired_over_seeds
 from robustact.reproduce.tables import parse_table
 
@@ -162,7 +163,7 @@ def test_estimates_scale_the_bench_rates(tmp_path):
                f"{Setting(c.training.amp, c.training.channels_last)}|{c.training.attack.steps}|128")
         cache[key] = rates
     (tmp_path / "bench.json").write_text(json.dumps(cache))
-    seconds = estimate(plan, "cpu")
+    seconds = {k: e.seconds for k, e in estimate(plan, "cpu").items()}
     at = next(t for t in plan.trains if t.row.id == "at")
     assert seconds[at.key] == pytest.approx(6 * (10000 - 500) / 100.0)
     clean = next(t for t in plan.trains if t.row.id == "cifs-clean")
@@ -170,6 +171,56 @@ def test_estimates_scale_the_bench_rates(tmp_path):
     std = next(e for e in plan.evals if e.spec.name == "standard")
     assert eval_steps(std) == 1 + 20 + 100 + 30
     assert seconds[std.key] == pytest.approx(1000 * 151 / (50.0 * 5))
+
+
+def test_estimates_prefer_what_another_seed_measured(tmp_path, monkeypatch):
+    """A job another seed has done is estimated from that seed's log or report (shortest epoch time × epochs;
+    report seconds scaled to the image count), the others from bench; a bench cache measured with another thread
+    count is measured again."""
+    import torch
+
+    from robustact.reproduce import estimate as est
+
+    plan = make_plan(load_table("verdict"), "cpu", 2, tmp_path, available={"cifar10"})
+    for job in plan.jobs():
+        if job.seed != 0:
+            continue
+        if isinstance(job, TrainJob):
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            epochs = [{"epoch": i, "epoch_seconds": s} for i, s in enumerate([30.0, 90.0, 31.0, 29.0], 1)]
+            (job.run_dir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs)
+                                                       + "not json\n")
+        else:
+            job.report.parent.mkdir(parents=True, exist_ok=True)
+            job.report.write_text(json.dumps({"n": 500, "seconds": {"pgd20": 100.0, "cw30": 50.0}}))
+    stale = {f"cpu|resnet_small|{json.dumps(a)}|fp32+cl|5|128": {"pgd5_train": 1.0, "pgd5_attack": 1.0,
+                                                                "standard_train": 1.0,
+                                                                "threads": torch.get_num_threads() + 1}
+             for a in ("relu", "silu", "sparta")}
+    (tmp_path / "bench.json").write_text(json.dumps(stale))
+    measured = []
+    rates = {"standard_train": 1000.0, "pgd5_train": 100.0, "pgd5_attack": 50.0}
+    monkeypatch.setattr(est, "bench_arch", lambda *a, **k: measured.append(a) or rates)
+    estimates = est.estimate(plan, "cpu")
+    assert measured, "a cache of another thread count is measured again"
+    cache = json.loads((tmp_path / "bench.json").read_text())
+    assert all(v["threads"] == torch.get_num_threads() for v in cache.values())
+    done_on_seed0 = {(j.run_dir.parent.name, getattr(j, "spec", None) and j.spec.name) for j in plan.jobs()
+                     if j.seed == 0}
+    checked = 0
+    for job in plan.jobs():
+        e = estimates[job.key]
+        sibling_did_it = job.seed == 1 and (job.run_dir.parent.name,
+                                            getattr(job, "spec", None) and job.spec.name) in done_on_seed0
+        assert e.measured == sibling_did_it, job.key
+        if not sibling_did_it:
+            continue
+        checked += 1
+        if isinstance(job, TrainJob):
+            assert e.seconds == pytest.approx(job.config().training.epochs * 29.0)   # the idle machine's epoch
+        else:
+            assert e.seconds == pytest.approx(150.0 * job.n / 500)
+    assert checked >= 10 and any(not e.measured for k, e in estimates.items() if "aa-lite" in k)
 
 
 # ---------------------------------------------------------------- a tiny table, run for real

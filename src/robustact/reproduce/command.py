@@ -24,7 +24,8 @@ def status(job: TrainJob | EvalJob) -> str:
     return "done" if epochs >= total else (f"epoch {epochs}/{total}" if epochs else "to do")
 
 
-def print_plan(plan: Plan, estimates: dict[str, float] | None, launcher: list[str] | None, log=print) -> None:
+def print_plan(plan: Plan, estimates: dict | None, launcher: list[str] | None, log=print) -> None:
+    """Each job with its status, estimate ('~': measured on another seed) and command; then the time left."""
     from robustact.reproduce.estimate import human
 
     jobs = plan.jobs()
@@ -35,16 +36,17 @@ def print_plan(plan: Plan, estimates: dict[str, float] | None, launcher: list[st
     log(f"{len(trains)} training runs ({sum(states[j.key] == 'done' for j in trains)} done), "
         f"{len(jobs) - len(trains)} evaluations ({sum(states[j.key] == 'done' for j in jobs if j not in trains)} "
         "done)")
-    left = 0.0
+    left = {True: 0.0, False: 0.0}
     for job in jobs:
         est = estimates.get(job.key) if estimates else None
         if est is not None and states[job.key] != "done":
-            left += est
-        when = "" if est is None else human(est)
+            left[est.measured] += est.seconds
+        when = "" if est is None else ("~" if est.measured else "") + human(est.seconds)
         log(f"  {when:>9}  {states[job.key]:<11} {job.key}\n{'':24}{shell_line(job.command(), launcher)}")
     if estimates:
-        log(f"to do: about {human(left)} on this device (robustact bench rates × epochs and nominal attack steps; "
-            "validation, data loading and defense overheads not included)")
+        log(f"to do: about {human(left[True] + left[False])} on this device ({human(left[True])} of it as measured "
+            "on other seeds ('~'); the rest from robustact bench rates × epochs and nominal attack steps, without "
+            "validation, data loading and defense overheads)")
     for row, why in plan.skipped.items():
         log(f"  not run: {row}: {why}")
 

@@ -1,12 +1,17 @@
-"""Time estimates for `robustact reproduce --dry-run`: `robustact bench`'s training-step and attack rates on this
-device for each architecture a plan trains (measured once, cached in OUT/bench.json), scaled by each run's
-epochs, images and attack steps; evaluations from a nominal number of gradient steps per image of each suite.
-An estimate, not a promise: it omits validation, data loading and each defense's own cost (CIFS ≈ 1.08×)."""
+"""Time estimates for `robustact reproduce --dry-run`. A job another seed of the same row has already done is
+estimated from what it measured there (the shortest epoch time of its training log, or the `seconds` of its
+evaluation report), since nothing predicts this device better; any other job from `robustact bench`'s
+training-step and attack rates on this device for its architecture (measured once per setting and thread count,
+cached in OUT/bench.json), scaled by epochs, images and attack steps, and for evaluations a nominal number of
+gradient steps per image of each suite. The bench-based figure omits validation, data loading and each defense's
+own cost (CIFS ≈ 1.08×), and is only as good as the machine was idle when bench ran."""
 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -49,6 +54,8 @@ class Rates:
     def get(self, arch: str, activation, setting: Setting, steps: int) -> dict[str, float]:
         batch = 128 if arch in ("resnet_small", "resnet18", "preact_resnet18", "vgg16") else 32
         key = f"{self.device}|{arch}|{json.dumps(activation)}|{setting}|{steps}|{batch}"
+        if self.known.get(key, {}).get("threads", torch.get_num_threads()) != torch.get_num_threads():
+            del self.known[key]   # measured with another thread count: not this setting
         if key not in self.known:
             print(f"measuring {arch} ({setting}, PGD-{steps}) on {self.device} ...", flush=True)
             self.known[key] = bench_arch(arch, batch, 1, self.device, max(steps, 1), setting,
@@ -75,16 +82,61 @@ def eval_seconds(job: EvalJob, train: TrainJob, rates: Rates) -> float:
     return job.n * eval_steps(job) / steps_per_s
 
 
-def estimate(plan: Plan, device: str | None = None) -> dict[str, float]:
-    """Seconds per job key."""
-    rates = Rates(plan.out / "bench.json", device)
+class Estimate(NamedTuple):
+    seconds: float
+    measured: bool   # from another seed of the same job on this machine (else from bench rates)
+
+
+def _siblings(run_dir: Path) -> list[Path]:
+    """The other seeds' directories of the same run recipe (OUT/runs/ID/seed*)."""
+    return sorted(d for d in run_dir.parent.glob("seed*") if d != run_dir and d.is_dir())
+
+
+def measured_train_seconds(job: TrainJob) -> float | None:
+    """Epochs × the shortest epoch the other seeds of this run logged (None: none logged one): the job on an idle
+    machine, which is what the rest of the estimate assumes too (a busy machine's epochs can take 5× as long)."""
+    times = []
+    for other in _siblings(job.run_dir):
+        try:
+            lines = (other / "metrics.jsonl").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                times.append(float(json.loads(line)["epoch_seconds"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return job.config().training.epochs * min(times) if times else None
+
+
+def measured_eval_seconds(job: EvalJob) -> float | None:
+    """The median time the other seeds' report of this evaluation took, scaled to this job's image count."""
+    times = []
+    for other in _siblings(job.run_dir):
+        try:
+            report = json.loads((other / "eval" / job.report.name).read_text())
+            times.append(sum(float(s) for s in report["seconds"].values()) * job.n / int(report["n"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError):
+            continue
+    return statistics.median(times) if times else None
+
+
+def estimate(plan: Plan, device: str | None = None) -> dict[str, Estimate]:
+    """An estimate per job key: measured on another seed where one did the job, else from bench rates (measured
+    only when some job needs them)."""
+    rates = None
     train_of = {t.run_dir: t for t in plan.trains}
     out = {}
     for job in plan.jobs():
+        seen = measured_train_seconds(job) if isinstance(job, TrainJob) else measured_eval_seconds(job)
+        if seen is not None:
+            out[job.key] = Estimate(seen, True)
+            continue
+        rates = rates or Rates(plan.out / "bench.json", device)
         if isinstance(job, TrainJob):
-            out[job.key] = train_seconds(job, rates)
+            out[job.key] = Estimate(train_seconds(job, rates), False)
         else:
-            out[job.key] = eval_seconds(job, train_of[job.run_dir], rates)
+            out[job.key] = Estimate(eval_seconds(job, train_of[job.run_dir], rates), False)
     return out
 
 
