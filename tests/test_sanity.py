@@ -178,8 +178,13 @@ def test_trap_model_fires_more_steps_and_fgsm_flags():
 # -- the comparisons on given per-example results --------------------------------------------------------
 def test_comparisons_on_results():
     t = torch.tensor
-    weak, strong = t([1, 1, 0, 0, 1, 0, 0, 0]).bool(), t([1, 0, 0, 0, 0, 0, 0, 0]).bool()
+    # 8 examples, 4 times over: 8 discordant pairs one way (McNemar p = 0.008)
+    weak, strong = t([1, 1, 0, 0, 1, 0, 0, 0] * 4).bool(), t([1, 0, 0, 0, 0, 0, 0, 0] * 4).bool()
     assert compare_more_steps(strong, weak).fired  # more steps left more examples correct
+    # the same gap on 8 examples (2 discordant pairs, p = 0.5) is noise: no flag, and the message says so
+    noise = compare_more_steps(strong[:8], weak[:8])
+    assert not noise.fired and noise.value == 0.25 and "within noise" in noise.message
+    assert not compare_fgsm_pgd(strong[:8], weak[:8]).fired
     assert not compare_more_steps(weak, strong).fired
     assert compare_fgsm_pgd(strong, weak).fired  # FGSM stronger than PGD
     assert not compare_fgsm_pgd(weak, strong).fired
@@ -187,8 +192,19 @@ def test_comparisons_on_results():
     assert check_square(res).fired and check_square(res).value == 2 / 8
     assert not check_square({"apgd-ce": strong, "square": weak}).fired
     assert not check_square({"apgd-ce": strong}).fired  # nothing to compare: skipped, not fired
-    flags = by_name(run_sanity_checks(Trap().eval(), *trap_data(8), results={
+    flags = by_name(run_sanity_checks(Trap().eval(), *trap_data(32), results={
         "pgd10": strong, "pgd100x5": weak, "fgsm": strong, "square": strong}))
     assert flags["more_steps_raise_accuracy"].fired and "pgd100x5" in flags["more_steps_raise_accuracy"].message
     assert flags["fgsm_beats_pgd"].fired
+    # FGSM (cross-entropy) is compared with iterative attacks of its own loss only: beating CW's margin attack
+    # is no sign of masking (the CIFS verdict row once came out "masking" on exactly this)
+    flags = by_name(run_sanity_checks(Trap().eval(), *trap_data(32), results={
+        "fgsm": strong, "pgd20": strong, "pgd100": strong, "cw30": weak, "apgd-t": weak}))
+    assert not flags["fgsm_beats_pgd"].fired and "pgd" in flags["fgsm_beats_pgd"].message
+    flags = by_name(run_sanity_checks(Trap().eval(), *trap_data(8), results={
+        "fgsm": strong, "pgd20": weak, "pgd100": strong, "cw30": strong}))
+    assert flags["fgsm_beats_pgd"].fired and "pgd20" in flags["fgsm_beats_pgd"].message
+    # a report without a same-objective multi-step attack: FGSM and PGD both run here, on plain cross-entropy
+    flags = by_name(run_sanity_checks(Trap().eval(), *trap_data(32), results={"fgsm": strong, "cw30": weak}))
+    assert "cw30" not in flags["fgsm_beats_pgd"].message and "pgd" in flags["fgsm_beats_pgd"].message
     assert SanityFlag("x", True, 1.0, "m").to_dict() == {"name": "x", "fired": True, "value": 1.0, "message": "m"}

@@ -69,8 +69,8 @@ RULES = (
          f"{100 * MASKING_DROP:g} points"),
     Rule("sanity", "masking",
          "a sanity check that signals masking fired: accuracy at a large ε stays above 5% (large_eps_accuracy), "
-         "one-step FGSM beats an iterative attack (fgsm_beats_pgd), or more steps or restarts raise accuracy "
-         "(more_steps_raise_accuracy)"),
+         "one-step FGSM significantly beats an iterative attack on the same objective (fgsm_beats_pgd), or more "
+         "steps or restarts significantly raise accuracy (more_steps_raise_accuracy)"),
     Rule("small-drop", "partly",
          f"the final worst case is significantly below the claimed worst case, by less than {100 * MASKING_DROP:g} "
          "points"),
