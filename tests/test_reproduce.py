@@ -101,6 +101,38 @@ def test_recipes_shared_between_tables_share_a_run_directory():
     assert shared == {t.run_dir for t in cas.trains if t.row.id == "at"}
 
 
+def test_an_evaluation_name_means_one_evaluation_on_a_run_across_tables():
+    """Tables share run directories, and a report file is named after its evaluation: the same name on the same
+    run must be the same evaluation, or one table would show another's numbers (cas and ewas once both named
+    their own baselines' paper protocol `paper-base`)."""
+    out = Path("/tmp/none")
+    seen: dict[Path, tuple] = {}
+    for scale in ("cpu", "paper"):
+        for name in list_tables():
+            for job in make_plan(load_table(name), scale, 2, out).evals:
+                s = job.spec
+                what = (s.suite, s.protocol, s.attacks, s.only, s.skip, s.cascade, sorted(job.options), job.n)
+                assert seen.setdefault(job.report, what) == what, f"{job.report}: {name} differs"
+
+
+def test_a_report_of_another_evaluation_is_refused(reproduced, tmp_path):
+    """A report under the job's name but of another protocol, attack list or image count: one line, not reused."""
+    name, out, _, data_root = reproduced
+    data = tiny_table()
+    data["evals"]["paper-base"]["protocol"] = "ewas"
+    other = write_table(tmp_path / "tiny.yaml", data)
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    with pytest.raises(RobustactError, match=r"paper-base.json holds another evaluation.*protocol 'cas', not 'ewas'"):
+        reproduce(other, seeds=1, out=copy, dry_run=True, estimate=False, log=lambda *a: None)
+    with pytest.raises(RobustactError, match="holds another evaluation"):
+        reproduce(other, seeds=1, out=copy, render_only=True, log=lambda *a: None)
+    data = tiny_table(n={"cpu": 20})
+    fewer = write_table(tmp_path / "tiny.yaml", data)
+    proc = run_cli("reproduce", fewer, "--out", str(copy), "--data-dir", str(data_root), "--no-progress")
+    assert proc.returncode != 0 and "test images 40, not 20" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_cifs_follows_the_official_recipe():
     plan = make_plan(load_table("verdict"), "cpu", 1, Path("/tmp/none"))
     cifs = next(t for t in plan.trains if t.row.id == "cifs")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from robustact.data import available_datasets
 from robustact.errors import RobustactError
-from robustact.reproduce.execute import check_existing_run, execute, trained_epochs
+from robustact.reproduce.execute import check_existing_report, check_existing_run, execute, trained_epochs
 from robustact.reproduce.plan import EvalJob, Plan, TrainJob, make_plan, shell_line
 from robustact.reproduce.render import write
 from robustact.reproduce.tables import load_table
@@ -16,7 +16,7 @@ from robustact.reproduce.verdict import row_verdicts
 
 def status(job: TrainJob | EvalJob) -> str:
     if isinstance(job, EvalJob):
-        if job.report.is_file():
+        if check_existing_report(job):
             return "done"
         return "partial" if job.report.with_name(job.report.stem + ".partial.json").is_file() else "to do"
     check_existing_run(job)  # another recipe in its directory: one line, before anything runs

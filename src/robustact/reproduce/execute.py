@@ -62,6 +62,23 @@ def check_existing_run(job: TrainJob) -> bool:
     return True
 
 
+def check_existing_report(job: EvalJob, report: dict | None = None) -> bool:
+    """True when the job's report exists; an error when it holds another evaluation under the same name."""
+    if report is None:
+        try:
+            report = json.loads(job.report.read_text())
+        except OSError:
+            return False
+        except ValueError:
+            raise RobustactError(f"{job.report} is not a JSON report; move it away") from None
+    why = job.differs_from(report) if isinstance(report, dict) else "not a report"
+    if why:
+        raise RobustactError(f"{job.report} holds another evaluation than {job.spec.name!r} of table "
+                             f"{job.row.id!r} asks for ({why}); two tables name different evaluations alike, or the "
+                             "table changed: move the report away")
+    return True
+
+
 def _train(job: TrainJob, options: dict) -> None:
     from robustact.training import Trainer
 
@@ -108,7 +125,7 @@ def trained_epochs(job: TrainJob) -> int:
 def is_done(job: TrainJob | EvalJob) -> bool:
     """An evaluation whose report exists; a run of this recipe with all its epochs (another recipe: an error)."""
     if isinstance(job, EvalJob):
-        return job.report.is_file()
+        return check_existing_report(job)
     return check_existing_run(job) and trained_epochs(job) >= job.config().training.epochs
 
 

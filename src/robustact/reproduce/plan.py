@@ -55,6 +55,25 @@ class EvalJob:
     def report(self) -> Path:
         return self.run_dir / "eval" / f"{self.spec.name}.json"
 
+    def differs_from(self, report: dict) -> str | None:
+        """How a report shows another evaluation than this job (None: the same). Two tables naming
+        different evaluations alike on one run would otherwise share one report file and one table would show the
+        other's numbers. Suite option values are not compared: run paths in them depend on how --out is spelled."""
+        s, settings = self.spec, report.get("settings") or {}
+        names = set(settings.get("attacks") or {})
+        checks = [("suite", settings.get("suite"), s.suite),
+                  ("protocol", settings.get("protocol"), s.protocol if s.suite else None),
+                  ("suite options", sorted(o.split("=", 1)[0] for o in settings.get("suite_options") or []),
+                   sorted(self.options)),
+                  ("test images", report.get("n"), self.n)]
+        if s.attacks:
+            checks.append(("attacks", sorted(names), sorted(s.attacks)))
+        if s.only:
+            checks.append(("attacks", sorted(names), sorted(s.only)))
+        if s.skip and names & set(s.skip):
+            checks.append(("attacks", sorted(names), f"none of {', '.join(s.skip)}"))
+        return next((f"{what} {there!r}, not {here!r}" for what, there, here in checks if there != here), None)
+
     def command(self) -> list[str]:
         s = self.spec
         cmd = ["eval", str(self.run_dir), "--num-images", str(self.n), "--out", str(self.report)]

@@ -15,6 +15,7 @@ import numpy as np
 from robustact.errors import RobustactError
 from robustact.evaluation.stats import mean_std, paired_difference
 from robustact.fileio import atomic_write_text, make_dirs
+from robustact.reproduce.execute import check_existing_report
 from robustact.reproduce.plan import Plan
 from robustact.reproduce.tables import Column, Row
 
@@ -58,7 +59,7 @@ def reports_of(plan: Plan, row: Row, seed: int) -> dict[str, tuple[Path, dict]]:
     for job in plan.evals:
         if job.row.id == row.id and job.seed == seed:
             report = _load(job.report)
-            if report is not None:
+            if report is not None and check_existing_report(job, report):
                 out[job.spec.name] = (job.report, report)
     return out
 
