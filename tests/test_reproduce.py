@@ -286,6 +286,37 @@ def test_table_matches_its_reports(reproduced):
     text = path.read_text()
     assert "| AT | " in text and "| a paper, Table 1 |" in text and "44.33" in text
     assert "no difference is computed" in text  # cpu scale vs a paper-scale published number
+    # each measured cell links to its report (an attack's column) or to the row's audit page (a worst case)
+    at_line = next(line for line in text.splitlines() if line.startswith("| AT | "))
+    pgd_cell = at_line.split(" | ")[2]
+    assert pgd_cell.startswith("[") and pgd_cell.endswith("(../runs/at-tiny/seed0/eval/paper-base.json)")
+    assert "(audit/at.md)" in at_line.split(" | ")[-3]  # the worst case
+    import re
+    for target in re.findall(r"\]\(([^)]+)\)", text):
+        assert (path.parent / target).is_file(), target
+
+
+def test_readme_block_is_the_table_linked_from_the_readme(reproduced, tmp_path):
+    """--readme FILE: the table goes between FILE's markers for it, its links relative to FILE; the rest of FILE
+    stays; a FILE without the markers is refused in one line."""
+    name, out, _, data_root = reproduced
+    readme = out.parent / "README.md"
+    readme.write_text("# Project\n\nintro\n<!-- reproduce tiny -->\nold table\n<!-- /reproduce tiny -->\nafter\n")
+    proc = run_cli("reproduce", name, "--seeds", "2", "--out", str(out), "--render-only", "--readme", str(readme),
+                   "--data-dir", str(data_root))
+    assert proc.returncode == 0, proc.stderr
+    text = readme.read_text()
+    assert text.startswith("# Project\n\nintro\n<!-- reproduce tiny -->\n| model |") and text.endswith(
+        "<!-- /reproduce tiny -->\nafter\n")
+    assert "old table" not in text and "[out/tiny/table.md](out/tiny/table.md)" in text
+    import re
+    targets = re.findall(r"\]\(([^)]+)\)", text)
+    assert any("out/runs/at-tiny/seed0/eval/" in t for t in targets) and "out/tiny/audit/cas.md" in targets
+    assert all((readme.parent / t).is_file() for t in targets)
+    bare = tmp_path / "NOTES.md"
+    bare.write_text("no markers here\n")
+    assert_one_line_error(run_cli("reproduce", name, "--seeds", "2", "--out", str(out), "--render-only",
+                                  "--readme", str(bare), "--data-dir", str(data_root)), "<!-- reproduce tiny -->")
 
 
 def test_paired_difference_over_seeds_is_an_image_bootstrap(reproduced):

@@ -202,7 +202,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
     path = reproduce(args.table, scale=args.scale, seeds=args.seeds, out=args.out, dry_run=args.dry_run,
                      estimate=not args.no_estimate, rows=rows, launcher=parse_launcher(args.launcher),
-                     render_only=args.render_only, data_root=args.data_dir, device=args.device,
+                     render_only=args.render_only, readme=args.readme, data_root=args.data_dir, device=args.device,
                      progress=not args.no_progress)
     if path is not None and json.loads(path.with_suffix(".json").read_text())["failed"]:
         return 1  # the table is written; a row failed (listed in it)
@@ -400,6 +400,8 @@ def _reproduce_parser(sub) -> None:
     p.add_argument("--launcher", help="run each job as LAUNCHER + its robustact arguments, e.g. 'torchrun "
                                       "--standalone --nproc_per_node=8 -m robustact' (default: in this process)")
     p.add_argument("--render-only", action="store_true", help="write the table from the reports on disk; run nothing")
+    p.add_argument("--readme", help="also put the table in this Markdown file, between '<!-- reproduce NAME -->' "
+                                    "and '<!-- /reproduce NAME -->'")
     _add_common(p)
     p.set_defaults(func=cmd_reproduce)
 

@@ -53,9 +53,11 @@ def print_plan(plan: Plan, estimates: dict | None, launcher: list[str] | None, l
 
 def reproduce(name: str, *, scale: str = "cpu", seeds: int = 1, out: str | Path = "runs/reproduce",
               dry_run: bool = False, estimate: bool = True, rows: list[str] | None = None,
-              launcher: list[str] | None = None, render_only: bool = False, data_root: str | None = None,
-              device: str | None = None, progress: bool = True, log=print) -> Path | None:
-    """Run (or, with `dry_run`, show) the plan of table `name`, then write OUT/NAME/table.md and .json."""
+              launcher: list[str] | None = None, render_only: bool = False, readme: str | Path | None = None,
+              data_root: str | None = None, device: str | None = None, progress: bool = True,
+              log=print) -> Path | None:
+    """Run (or, with `dry_run`, show) the plan of table `name`, then write OUT/NAME/table.md and .json (and
+    `readme`'s block of the table)."""
     table = load_table(name)
     plan = make_plan(table, scale, seeds, Path(out), available=set(available_datasets(data_root)))
     unknown = [r for r in rows or [] if r not in {x.id for x in table.rows}]
@@ -75,7 +77,7 @@ def reproduce(name: str, *, scale: str = "cpu", seeds: int = 1, out: str | Path 
     if not render_only:
         failed = execute(plan, data_root=data_root, device=device, progress=progress, launcher=launcher,
                          only_rows=rows, log=log).failed
-    path = write(plan, command, failed, row_verdicts(plan))
+    path = write(plan, command, failed, row_verdicts(plan), readme=Path(readme) if readme else None)
     log(f"table: {path} (+ table.json)" + (f"; {len(failed)} job(s) failed, listed there" if failed else ""))
     return path
 

@@ -175,13 +175,62 @@ def build(plan: Plan, failed: dict[str, str] | None = None, verdicts: dict | Non
         out_rows.append(entry)
     return {"table": table.name, "title": table.title, "description": table.description, "scale": plan.scale,
             "seeds": plan.seeds, "n": table.n[plan.scale], "baseline": table.baseline, "compare": table.compare,
-            "columns": [{"id": c.id, "label": c.label} for c in table.columns], "rows": out_rows,
+            "columns": [{"id": c.id, "label": c.label, "kind": "worst" if c.worst else "attack"}
+                        for c in table.columns], "rows": out_rows,
             "skipped": plan.skipped, "failed": failed or {}, "notes": table.notes}
+
+
+def _link(text: str, target: str | None, base: str) -> str:
+    return text if not target or text == "—" else f"[{text}]({Path(os.path.normpath(Path(base, target))).as_posix()})"
+
+
+def table_rows(data: dict, link_base: str = ".") -> list[str]:
+    """The main table as Markdown lines. Each measured cell links to what it comes from: an attack's column to the
+    report of its first seed (table.json and the Reports section list every seed's), a worst-case column to the
+    row's audit page when it has one; the verdict to that page. `link_base`: the table directory (OUT/NAME) as
+    seen from where the lines are written."""
+    cols = data["columns"]
+    seeds = len(data["seeds"])
+    has_verdict = any(r["verdict"] for r in data["rows"])
+    header = ["model", *[c["label"] for c in cols], "Δ vs baseline [95% CI]"] + (["verdict"] if has_verdict else [])
+    lines = ["| " + " | ".join(header) + " |",
+             "|---|" + "---:|" * len(cols) + "---|" + ("---|" if has_verdict else "")]
+    for r in data["rows"]:
+        page = r["verdict"]["page"] if r["verdict"] else None
+        cells = []
+        for col in cols:
+            c = r["cells"][col["id"]]
+            target = page if col.get("kind") == "worst" and page else (c["reports"] or [None])[0]
+            cells.append(_link(_fmt(Cell(values=c["values"], seeds=c["seeds"], partial=c["partial"]), seeds),
+                               target, link_base))
+        p = r["paired"]
+        paired = "baseline" if r["id"] == data["baseline"] else (p["text"] + f" vs {p['baseline']}" if p else "—")
+        extra = [_link(r["verdict"]["verdict"], page, link_base) if r["verdict"] else "—"] if has_verdict else []
+        lines.append("| " + " | ".join([r["label"], *cells, paired, *extra]) + " |")
+    return lines
+
+
+def update_block(document: Path, data: dict, table_dir: Path) -> None:
+    """Replace the block between `<!-- reproduce NAME -->` and `<!-- /reproduce NAME -->` in `document` (a
+    README) with the table's main rows, linked relative to the document, and a link to the full table."""
+    start, end = f"<!-- reproduce {data['table']} -->", f"<!-- /reproduce {data['table']} -->"
+    try:
+        text = document.read_text()
+    except OSError as exc:
+        raise RobustactError(f"--readme: cannot read {document}: {exc.strerror or exc}") from None
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise RobustactError(f"--readme: {document} needs one '{start}' line and, after it, one '{end}' line "
+                             "around the place for the table")
+    base = _rel(table_dir, document.parent)
+    block = [start, *table_rows(data, link_base=base), "",
+             f"Full table, seeds and statistics: [{Path(base, 'table.md').as_posix()}]"
+             f"({Path(base, 'table.md').as_posix()}).", end]
+    head, rest = text.split(start, 1)
+    atomic_write_text(document, head + "\n".join(block) + rest.split(end, 1)[1])
 
 
 def markdown(data: dict, command: str) -> str:
     cols = data["columns"]
-    seeds = len(data["seeds"])
     lines = [f"# {data['title']}", "", data["description"], "",
              f"- command: `{command}`",
              f"- scale: {data['scale']}; seeds: {', '.join(map(str, data['seeds']))}; "
@@ -189,17 +238,7 @@ def markdown(data: dict, command: str) -> str:
              f"- paired difference: the `{data['compare']}` column, row − its baseline, per test image; 95% CI by "
              "bootstrap over test images (seeds kept together); McNemar's exact test" if data["compare"] else "",
              ""]
-    has_verdict = any(r["verdict"] for r in data["rows"])
-    header = ["model", *[c["label"] for c in cols], "Δ vs baseline [95% CI]"] + (["verdict"] if has_verdict else [])
-    lines += ["| " + " | ".join(header) + " |",
-              "|---|" + "---:|" * len(cols) + "---|" + ("---|" if has_verdict else "")]
-    for r in data["rows"]:
-        cells = [_fmt(Cell(values=c["values"], seeds=c["seeds"], partial=c["partial"]), seeds)
-                 for c in r["cells"].values()]
-        p = r["paired"]
-        paired = "baseline" if r["id"] == data["baseline"] else (p["text"] + f" vs {p['baseline']}" if p else "—")
-        extra = [r["verdict"]["verdict"] if r["verdict"] else "—"] if has_verdict else []
-        lines.append("| " + " | ".join([r["label"], *cells, paired, *extra]) + " |")
+    lines += table_rows(data, link_base=".")
     published = [(r, c, r["cells"][c["id"]]) for r in data["rows"] for c in cols
                  if r["cells"][c["id"]]["published"] is not None]
     if published:
@@ -233,10 +272,14 @@ def markdown(data: dict, command: str) -> str:
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
-def write(plan: Plan, command: str, failed: dict[str, str] | None = None, verdicts: dict | None = None) -> Path:
+def write(plan: Plan, command: str, failed: dict[str, str] | None = None, verdicts: dict | None = None,
+          readme: Path | None = None) -> Path:
+    """OUT/NAME/table.json and table.md; with `readme`, that document's block of this table too."""
     data = build(plan, failed, verdicts)
     where = plan.out / plan.table.name
     make_dirs(where)
     atomic_write_text(where / "table.json", json.dumps(data, indent=1))
     atomic_write_text(where / "table.md", markdown(data, command))
+    if readme is not None:
+        update_block(Path(readme), data, where)
     return where / "table.md"
