@@ -253,6 +253,16 @@ def test_estimates_prefer_what_another_seed_measured(tmp_path, monkeypatch):
         else:
             assert e.seconds == pytest.approx(150.0 * job.n / 500)
     assert checked >= 10 and any(not e.measured for k, e in estimates.items() if "aa-lite" in k)
+    # the dry run sums them per row (here every job is to do once the stand-in reports are gone)
+    from robustact.reproduce.command import print_plan
+
+    for report in tmp_path.glob("runs/*/seed0/eval/*.json"):
+        report.unlink()
+    lines = []
+    print_plan(plan, estimates, None, log=lines.append)
+    at_jobs = [k for k in estimates if " pgd-at-small-cifar10 " in k]
+    total = est.human(sum(estimates[k].seconds for k in at_jobs))
+    assert f"{total:>9}  {len(at_jobs)} job(s) to do for PGD-AT" in "\n".join(lines)
 
 
 # ---------------------------------------------------------------- a tiny table, run for real

@@ -44,6 +44,12 @@ def print_plan(plan: Plan, estimates: dict | None, launcher: list[str] | None, l
         when = "" if est is None else ("~" if est.measured else "") + human(est.seconds)
         log(f"  {when:>9}  {states[job.key]:<11} {job.key}\n{'':24}{shell_line(job.command(), launcher)}")
     if estimates:
+        per_row: dict[str, list[float]] = {}
+        for job in jobs:
+            if states[job.key] != "done" and job.key in estimates:
+                per_row.setdefault(job.row.label, []).append(estimates[job.key].seconds)
+        for label, seconds in per_row.items():
+            log(f"  {human(sum(seconds)):>9}  {len(seconds)} job(s) to do for {label}")
         log(f"to do: about {human(left[True] + left[False])} on this device ({human(left[True])} of it as measured "
             "on other seeds ('~'); the rest from robustact bench rates × epochs and nominal attack steps, without "
             "validation, data loading and defense overheads)")
