@@ -294,7 +294,7 @@ def test_table_matches_its_reports(reproduced):
     assert page["per_example"]["worst_case"] == cas["cells"]["worst"]["vectors"][0]
     assert "## Rules" in (out / "tiny" / "audit" / "cas.md").read_text()
     text = path.read_text()
-    assert "| AT | " in text and "| a paper, Table 1 |" in text and "44.33" in text
+    assert "| AT | " in text and "44.33" in text and "| [1] |" in text and "- [1] a paper, Table 1" in text
     assert "no difference is computed" in text  # cpu scale vs a paper-scale published number
     # each measured cell links to its report (an attack's column) or to the row's audit page (a worst case)
     at_line = next(line for line in text.splitlines() if line.startswith("| AT | "))

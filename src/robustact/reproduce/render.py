@@ -247,12 +247,14 @@ def markdown(data: dict, command: str) -> str:
             lines.append("The published values are the papers' full-size runs (ResNet-18, 50,000 images, all test "
                          "images); the measured ones are this table's scale, so no difference is computed.")
             lines.append("")
+        sources = list(dict.fromkeys(r["cite"] for r, _, _ in published))   # each source once, numbered
         lines += ["| model | column | published | measured | difference | source |", "|---|---|---:|---:|---:|---|"]
         for r, c, cell in published:
             measured = "—" if cell["mean"] is None else f"{100 * cell['mean']:.1f}"
             diff = "—" if cell["difference"] is None else f"{cell['difference']:+.1f}"
             lines.append(f"| {r['label']} | {c['label']} | {cell['published']:.2f} | {measured} | {diff} | "
-                         f"{r['cite']} |")
+                         f"[{sources.index(r['cite']) + 1}] |")
+        lines += ["", "Sources:", ""] + [f"- [{i}] {source}" for i, source in enumerate(sources, 1)]
     verdicts = [r for r in data["rows"] if r["verdict"]]
     if verdicts:
         lines += ["", "## Verdicts", ""]
