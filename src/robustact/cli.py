@@ -440,8 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     from robustact.errors import RobustactError
 
     args = build_parser().parse_args(argv)
+    finished = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        finished = True
+        return code
     except RobustactError as exc:
         print(f"robustact: error: {exc}", file=sys.stderr)
         return 2
@@ -460,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         from robustact.distributed import shutdown
 
-        shutdown()  # a torchrun job's process group, if this process joined one
+        shutdown(finished)  # a torchrun job's process group, if this process joined one
 
 
 if __name__ == "__main__":

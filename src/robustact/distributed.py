@@ -119,9 +119,22 @@ def on_main(fn, *args):
     return value
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(finished: bool = False) -> None:
+    """Leave the job's process group. After a command that finished on this rank, first wait (at most a minute)
+    for the others: a rank that tears gloo down while a peer still talks to it can abort at exit ("terminate
+    called without an active exception", seen in CI on 2-process runs that had trained correctly). After an error
+    the peers are stopped by torchrun, so nothing waits."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if finished:
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=60))
+            else:
+                dist.barrier()
+        except Exception:  # a peer that is gone: nothing left to wait for
+            pass
+    dist.destroy_process_group()
 
 
 _PEER_SIGNS = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout", "nccl", "gloo",
