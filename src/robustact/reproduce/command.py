@@ -37,17 +37,15 @@ def print_plan(plan: Plan, estimates: dict | None, launcher: list[str] | None, l
         f"{len(jobs) - len(trains)} evaluations ({sum(states[j.key] == 'done' for j in jobs if j not in trains)} "
         "done)")
     left = {True: 0.0, False: 0.0}
+    per_row: dict[str, list[float]] = {}   # row label -> the estimates of its jobs to do
     for job in jobs:
         est = estimates.get(job.key) if estimates else None
         if est is not None and states[job.key] != "done":
             left[est.measured] += est.seconds
+            per_row.setdefault(job.row.label, []).append(est.seconds)
         when = "" if est is None else ("~" if est.measured else "") + human(est.seconds)
         log(f"  {when:>9}  {states[job.key]:<11} {job.key}\n{'':24}{shell_line(job.command(), launcher)}")
     if estimates:
-        per_row: dict[str, list[float]] = {}
-        for job in jobs:
-            if states[job.key] != "done" and job.key in estimates:
-                per_row.setdefault(job.row.label, []).append(estimates[job.key].seconds)
         for label, seconds in per_row.items():
             log(f"  {human(sum(seconds)):>9}  {len(seconds)} job(s) to do for {label}")
         log(f"to do: about {human(left[True] + left[False])} on this device ({human(left[True])} of it as measured "
