@@ -265,6 +265,46 @@ def test_estimates_prefer_what_another_seed_measured(tmp_path, monkeypatch):
     assert f"{total:>9}  {len(at_jobs)} job(s) to do for PGD-AT" in "\n".join(lines)
 
 
+def test_attack_evaluations_are_estimated_from_other_runs_of_the_architecture(tmp_path, monkeypatch):
+    """AutoAttack that no other seed of a row has run is estimated from the same evaluation on other runs of the
+    same architecture (bench predicted 6x its measured time); never from a report of another evaluation under the
+    same name, another architecture, or for a suite (suites differ per defense)."""
+    from robustact.config import dump_config
+    from robustact.reproduce import estimate as est
+
+    plan = make_plan(load_table("verdict"), "cpu", 1, tmp_path, available={"cifar10"})
+    rates = {"standard_train": 1000.0, "pgd5_train": 100.0, "pgd5_attack": 50.0}
+    monkeypatch.setattr(est, "bench_arch", lambda *a, **k: rates)
+
+    def report(job, seconds, n=1000, attacks=("aa",)):
+        job.report.parent.mkdir(parents=True, exist_ok=True)
+        job.report.write_text(json.dumps({"n": n, "seconds": {"aa": seconds},
+                                          "settings": {"suite": None, "attacks": dict.fromkeys(attacks)}}))
+
+    train_of = {t.run_dir: t for t in plan.trains}
+
+    def config(job, arch="resnet_small"):
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        text = dump_config(train_of[job.run_dir].config())
+        (job.run_dir / "config.yaml").write_text(text.replace("arch: resnet_small", f"arch: {arch}"))
+
+    aa = {e.row.id: e for e in plan.evals if e.spec.name == "aa"}
+    std = {e.row.id: e for e in plan.evals if e.spec.name == "standard"}
+    for rid in aa:
+        config(aa[rid])
+    report(aa["cas"], 600.0)
+    report(aa["ewas"], 800.0)
+    report(aa["sparta"], 60.0, n=100)            # another image count: another evaluation
+    report(aa["silu"], 10.0, attacks=("apgd-ce",))  # an evaluation named aa that is not AutoAttack
+    report(std["cas"], 5.0)
+    before = dict(est.estimate(plan, "cpu"))
+    e = before[aa["at"].key]
+    assert e.measured and e.seconds == pytest.approx(700.0)   # median of cas and ewas, nothing else
+    assert not before[std["at"].key].measured                # a suite: not from another defense's report
+    config(aa["cas"], arch="resnet18")                       # another architecture no longer counts
+    assert est.estimate(plan, "cpu")[aa["at"].key].seconds == pytest.approx(800.0)
+
+
 # ---------------------------------------------------------------- a tiny table, run for real
 def test_table_matches_its_reports(reproduced):
     name, out, path, _ = reproduced

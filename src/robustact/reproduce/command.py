@@ -25,7 +25,8 @@ def status(job: TrainJob | EvalJob) -> str:
 
 
 def print_plan(plan: Plan, estimates: dict | None, launcher: list[str] | None, log=print) -> None:
-    """Each job with its status, estimate ('~': measured on another seed) and command; then the time left."""
+    """Each job with its status, estimate ('~': measured on another seed, or for
+    an attack evaluation on another run of the architecture) and command; then the time left."""
     from robustact.reproduce.estimate import human
 
     jobs = plan.jobs()
@@ -49,8 +50,8 @@ def print_plan(plan: Plan, estimates: dict | None, launcher: list[str] | None, l
         for label, seconds in per_row.items():
             log(f"  {human(sum(seconds)):>9}  {len(seconds)} job(s) to do for {label}")
         log(f"to do: about {human(left[True] + left[False])} on this device ({human(left[True])} of it as measured "
-            "on other seeds ('~'); the rest from robustact bench rates × epochs and nominal attack steps, without "
-            "validation, data loading and defense overheads)")
+            "on other seeds or runs ('~'); the rest from robustact bench rates × epochs and nominal attack steps, "
+            "without validation, data loading and defense overheads)")
     for row, why in plan.skipped.items():
         log(f"  not run: {row}: {why}")
 

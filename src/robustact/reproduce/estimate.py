@@ -1,6 +1,9 @@
 """Time estimates for `robustact reproduce --dry-run`. A job another seed of the same row has already done is
 estimated from what it measured there (the shortest epoch time of its training log, or the `seconds` of its
-evaluation report), since nothing predicts this device better; any other job from `robustact bench`'s
+evaluation report), since nothing predicts this device better; an attack evaluation (not a suite: suites differ
+per defense) that no other seed did, from the same evaluation's reports on other runs of the same architecture
+(AutoAttack measured ≈ 12 min per 1,000 images where bench rates predicted 75); any other job from
+`robustact bench`'s
 training-step and attack rates on this device for its architecture (measured once per setting and thread count,
 cached in OUT/bench.json), scaled by epochs, images and attack steps, and for evaluations a nominal number of
 gradient steps per image of each suite. The bench-based figure omits validation, data loading and each defense's
@@ -16,7 +19,9 @@ from typing import NamedTuple
 import torch
 
 from robustact.bench import Setting, bench_arch
+from robustact.config import load_run_config
 from robustact.data import dataset_info
+from robustact.errors import ConfigError
 from robustact.fileio import atomic_write_text
 from robustact.reproduce.plan import EvalJob, Plan, TrainJob
 from robustact.utils import get_device
@@ -84,7 +89,7 @@ def eval_seconds(job: EvalJob, train: TrainJob, rates: Rates) -> float:
 
 class Estimate(NamedTuple):
     seconds: float
-    measured: bool   # from another seed of the same job on this machine (else from bench rates)
+    measured: bool   # from another seed of the same job, or another run's same attack evaluation (else bench)
 
 
 def _siblings(run_dir: Path) -> list[Path]:
@@ -109,15 +114,36 @@ def measured_train_seconds(job: TrainJob) -> float | None:
     return job.config().training.epochs * min(times) if times else None
 
 
-def measured_eval_seconds(job: EvalJob) -> float | None:
-    """The median time the other seeds' report of this evaluation took, scaled to this job's image count."""
-    times = []
-    for other in _siblings(job.run_dir):
-        try:
-            report = json.loads((other / "eval" / job.report.name).read_text())
-            times.append(sum(float(s) for s in report["seconds"].values()) * job.n / int(report["n"]))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError):
-            continue
+def _report_seconds(path: Path, job: EvalJob, same_evaluation: bool = False) -> float | None:
+    """A report's total attack time scaled to the job's image count (None: unreadable, or — when asked — a
+    report of another evaluation than the job's)."""
+    try:
+        report = json.loads(path.read_text())
+        if same_evaluation and job.differs_from(report) is not None:
+            return None
+        return sum(float(s) for s in report["seconds"].values()) * job.n / int(report["n"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError):
+        return None
+
+
+def _arch(run_dir: Path) -> str | None:
+    try:
+        return load_run_config(run_dir / "config.yaml").model.arch
+    except ConfigError:
+        return None
+
+
+def measured_eval_seconds(job: EvalJob, arch: str | None = None) -> float | None:
+    """The median time the other seeds' report of this evaluation took, scaled to this job's image count; for an
+    attack evaluation no other seed did, the median over other runs of architecture `arch` under OUT/runs that
+    ran exactly this evaluation (its cost varies with the robust accuracy, ±50%, not 6× like bench's)."""
+    times = [t for other in _siblings(job.run_dir)
+             if (t := _report_seconds(other / "eval" / job.report.name, job)) is not None]
+    if not times and job.spec.attacks and arch is not None:
+        runs = job.run_dir.parent.parent
+        times = [t for path in sorted(runs.glob(f"*/seed*/eval/{job.report.name}"))
+                 if path.parent.parent.parent != job.run_dir.parent and _arch(path.parent.parent) == arch
+                 and (t := _report_seconds(path, job, same_evaluation=True)) is not None]
     return statistics.median(times) if times else None
 
 
@@ -128,7 +154,8 @@ def estimate(plan: Plan, device: str | None = None) -> dict[str, Estimate]:
     train_of = {t.run_dir: t for t in plan.trains}
     out = {}
     for job in plan.jobs():
-        seen = measured_train_seconds(job) if isinstance(job, TrainJob) else measured_eval_seconds(job)
+        seen = (measured_train_seconds(job) if isinstance(job, TrainJob)
+                else measured_eval_seconds(job, train_of[job.run_dir].config().model.arch))
         if seen is not None:
             out[job.key] = Estimate(seen, True)
             continue
