@@ -29,7 +29,9 @@ def _p_text(p: float) -> str:
 @dataclass
 class PairedDifference:
     """mean(a) − mean(b) as fractions; [low, high] its percentile bootstrap interval at `level`; `p_value` the exact
-    two-sided McNemar test; `only_a` images A gets right and B not, `only_b` the other way round; n images."""
+    two-sided McNemar test; `only_a` images A gets right and B not, `only_b` the other way round; n images. Over
+    several seeds (`seeds` > 1) the difference and interval are the seeds' mean, the counts and McNemar the first
+    seed's."""
 
     diff: float
     low: float
@@ -39,6 +41,7 @@ class PairedDifference:
     only_a: int
     only_b: int
     level: float
+    seeds: int = 1
 
     @property
     def significant(self) -> bool:
@@ -46,9 +49,12 @@ class PairedDifference:
         return self.low > 0 or self.high < 0
 
     def format(self) -> str:
-        """e.g. "−3.1 [−4.9, −1.3] pts, McNemar p = 0.001"."""
-        return (f"{_points(self.diff)} [{_points(self.low)}, {_points(self.high)}] pts, "
-                f"McNemar {_p_text(self.p_value)}")
+        """e.g. "−3.1 [−4.9, −1.3] pts, McNemar p = 0.001" (over seeds: "... pts over 3 seeds, McNemar p = 0.001
+        on the first")."""
+        over = f" over {self.seeds} seeds" if self.seeds > 1 else ""
+        first = " on the first" if self.seeds > 1 else ""
+        return (f"{_points(self.diff)} [{_points(self.low)}, {_points(self.high)}] pts{over}, "
+                f"McNemar {_p_text(self.p_value)}{first}")
 
     def to_dict(self) -> dict:
         return asdict(self) | {"significant": self.significant}
@@ -109,6 +115,28 @@ def paired_difference(a: Sequence, b: Sequence, *, level: float = 0.95, n_boot: 
     low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
     return PairedDifference(diff=(only_a - only_b) / n, low=float(low), high=float(high),
                             p_value=mcnemar_p(only_a, only_b), n=n, only_a=only_a, only_b=only_b, level=level)
+
+
+def paired_difference_over_seeds(a: Sequence[Sequence], b: Sequence[Sequence], *, level: float = 0.95,
+                                 n_boot: int = 10000, seed: int = 0) -> PairedDifference:
+    """`paired_difference` for models trained with several seeds, evaluated on the same images: the mean over
+    seeds of A − B, with a bootstrap interval that resamples test images and keeps each image's outcomes of every
+    seed together (so it carries both the test-set and the seed-to-seed variation); McNemar on the first seed's
+    pairs. `a[k]`, `b[k]`: the outcomes of seed k."""
+    if len(a) != len(b) or not len(a):
+        raise RobustactError(f"paired outcomes over seeds need the same seeds on both sides, got {len(a)} and {len(b)}")
+    first = paired_difference(a[0], b[0], level=level, n_boot=n_boot, seed=seed)
+    if len(a) == 1:
+        return first
+    x = np.stack([_outcomes(v, f"a[{k}]") for k, v in enumerate(a)])
+    z = np.stack([_outcomes(v, f"b[{k}]") for k, v in enumerate(b)])
+    if x.shape != z.shape:
+        raise RobustactError(f"paired outcomes need the same images on every seed: {x.shape} vs {z.shape}")
+    d = (x - z).mean(axis=0)   # per image, averaged over seeds
+    boots = d[np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return PairedDifference(diff=float(d.mean()), low=float(low), high=float(high), p_value=first.p_value,
+                            n=first.n, only_a=first.only_a, only_b=first.only_b, level=level, seeds=len(a))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from robustact.errors import RobustactError
-from robustact.evaluation.stats import mean_std, paired_difference
+from robustact.evaluation.stats import mean_std, paired_difference_over_seeds
 from robustact.fileio import atomic_write_text, make_dirs
 from robustact.reproduce.execute import check_existing_report
 from robustact.reproduce.plan import Plan
@@ -101,21 +101,11 @@ def measure(plan: Plan, row: Row, column: Column) -> Cell:
 
 
 def paired_over_seeds(a: list[list[int]], b: list[list[int]], seed: int = 0) -> dict:
-    """Mean over seeds of (row − baseline) robust accuracy, with a bootstrap CI that resamples test images and
-    keeps each image's outcomes of every seed together; McNemar's exact test on seed 0's pairs."""
-    first = paired_difference(a[0], b[0], level=LEVEL, n_boot=N_BOOT, seed=seed)
-    if len(a) == 1:
-        return {"diff": first.diff, "low": first.low, "high": first.high, "p_mcnemar": first.p_value,
-                "seeds": 1, "text": first.format()}
-    d = (np.asarray(a, dtype=float) - np.asarray(b, dtype=float)).mean(axis=0)   # per image, averaged over seeds
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), size=(N_BOOT, len(d)))].mean(axis=1)
-    low, high = np.quantile(boots, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    diff = float(d.mean())
-    text = (f"{100 * diff:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] pts over {len(a)} seeds "
-            f"(McNemar p = {first.p_value:.2g} on seed 0)")
-    return {"diff": diff, "low": float(low), "high": float(high), "p_mcnemar": first.p_value, "seeds": len(a),
-            "text": text}
+    """table.json's `paired` entry: the mean over seeds of (row − baseline) robust accuracy with a bootstrap CI
+    over test images (each image's outcomes of every seed kept together), McNemar's exact test on seed 0's pairs."""
+    pd = paired_difference_over_seeds(a, b, level=LEVEL, n_boot=N_BOOT, seed=seed)
+    return {"diff": pd.diff, "low": pd.low, "high": pd.high, "p_mcnemar": pd.p_value, "seeds": pd.seeds,
+            "text": pd.format()}
 
 
 def _paired(plan: Plan, cells: dict, row: Row) -> dict | None:
