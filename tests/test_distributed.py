@@ -145,14 +145,18 @@ def test_resume_with_another_number_of_processes(config_file, tmp_path):
 
 
 KILL_RANK_1 = r"""
-import os, signal, sys
+import os, signal, sys, time
 from robustact.training.trainer import Trainer
-real = Trainer.train_epoch
+real, real_validate = Trainer.train_epoch, Trainer.validate
 def train_epoch(self, epoch):
     if epoch == 1 and self.job.rank == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(self, epoch)
-Trainer.train_epoch = train_epoch
+def validate(self):
+    if self.job.rank == 0:
+        time.sleep(8)   # a slow validation (a busy machine): rank 1 must not run ahead and die meanwhile
+    return real_validate(self)
+Trainer.train_epoch, Trainer.validate = train_epoch, validate
 from robustact.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -267,7 +267,10 @@ class Trainer:
                 record = self.train_epoch(epoch)
                 record |= self.validate()
                 self.end_epoch(epoch, record)
-            distributed.barrier()  # the job ends together, after rank 0's last checkpoint
+                # Every epoch (and the job) ends together, after rank 0's checkpoint: a rank that went on while
+                # rank 0 validated and died early in the next epoch made torchrun stop rank 0 before the epoch
+                # was on disk. Free: the next epoch's first all-reduce would wait for rank 0 anyway.
+                distributed.barrier()
             return self.out
         except RuntimeError as exc:
             if self.job.distributed and distributed.is_peer_failure(exc):
