@@ -152,10 +152,11 @@ def estimate(plan: Plan, device: str | None = None) -> dict[str, Estimate]:
     only when some job needs them)."""
     rates = None
     train_of = {t.run_dir: t for t in plan.trains}
+    arch_of = {t.run_dir: t.config().model.arch for t in plan.trains}   # each config resolved once
     out = {}
     for job in plan.jobs():
         seen = (measured_train_seconds(job) if isinstance(job, TrainJob)
-                else measured_eval_seconds(job, train_of[job.run_dir].config().model.arch))
+                else measured_eval_seconds(job, arch_of[job.run_dir]))
         if seen is not None:
             out[job.key] = Estimate(seen, True)
             continue
