@@ -332,7 +332,19 @@ def test_table_matches_its_reports(reproduced):
     page = json.loads((out / "tiny" / "audit" / "cas.json").read_text())  # the row's audit page, from its reports
     assert page["verdict"] == cas["verdict"]["verdict"] and page["rule"] == cas["verdict"]["rule"]
     assert page["per_example"]["worst_case"] == cas["cells"]["worst"]["vectors"][0]
-    assert "## Rules" in (out / "tiny" / "audit" / "cas.md").read_text()
+    page_md = (out / "tiny" / "audit" / "cas.md").read_text()
+    assert "## Rules" in page_md
+    # a model-level check every report repeats is one row naming the reports, not one unlabelled row per report
+    sanity = page_md.split("## Sanity checks")[1].split("## Rules")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in sanity.splitlines()
+            if line.startswith("| ") and not line.startswith("| check") and not line.startswith("| ---")]
+    named = [name for r in rows for name in r[3].split(", ")]
+    assert rows and {"paper", "extra"} == set(named)
+    for check in {r[0] for r in rows}:  # each report says each check once
+        reports = [name for r in rows if r[0] == check for name in r[3].split(", ")]
+        assert sorted(reports) == ["extra", "paper"], (check, rows)
+    assert any(r[3] == "paper, extra" for r in rows)
+    assert len(page["sanity"]) > len(rows)  # the JSON keeps every report's flags
     text = path.read_text()
     assert "| AT | " in text and "44.33" in text and "| [1] |" in text and "- [1] a paper, Table 1" in text
     assert "no difference is computed" in text  # cpu scale vs a paper-scale published number

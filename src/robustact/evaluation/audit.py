@@ -374,16 +374,33 @@ class AuditResult:
             out.append(f"- final − baseline: {self.vs_baseline.format()}")
         out += ["", "## Sanity checks" + (f" (first {self.sanity[0].get('n', m['n'])} images)" if self.sanity else "")]
         if self.sanity:
-            out += ["", "| check | fired | value | bearing |", "| --- | --- | ---: | --- |"]
+            groups = sanity_groups(self.sanity)
+            by_report = any(reports for _, reports in groups)
+            out += ["", "| check | fired | value | " + "reports | " * by_report + "bearing |",
+                    "| --- | --- | ---: | " + "--- | " * by_report + "--- |"]
             out += [f"| {f['name']} | {'**yes**' if f['fired'] else 'no'} | {f['value']:.3g} | "
-                    f"{'signals masking (rule 2)' if f['name'] in MASKING_FLAGS else BEARING.get(f['name'], '')} |"
-                    for f in self.sanity]
-            fired = [f"- {f['name']}: {f['message']}" for f in self.sanity if f["fired"]]
+                    + f"{', '.join(reports)} | " * by_report
+                    + f"{'signals masking (rule 2)' if f['name'] in MASKING_FLAGS else BEARING.get(f['name'], '')} |"
+                    for f, reports in groups]
+            fired = [f"- {f['name']}" + f" ({', '.join(reports)})" * bool(reports) + f": {f['message']}"
+                     for f, reports in groups if f["fired"]]
             out += [""] * bool(fired) + fired
         else:
             out += ["", "skipped (--sanity-n 0)"]
         out += ["", "## Rules (the first that applies decides)", "", rules_table(self.applies).rstrip("\n")]
         return "\n".join(out) + "\n"
+
+
+def sanity_groups(sanity: list[dict]) -> list[tuple[dict, list[str]]]:
+    """Flags that came out the same in several reports (the model-level checks each evaluation repeats) shown
+    once, with the reports that found them; a flag whose value differs between reports keeps a row per value."""
+    groups: dict[tuple, tuple[dict, list[str]]] = {}
+    for flag in sanity:
+        key = (flag["name"], bool(flag["fired"]), f"{flag['value']:.3g}", flag.get("message", ""))
+        _, reports = groups.setdefault(key, (flag, []))
+        if flag.get("report") and flag["report"] not in reports:
+            reports.append(flag["report"])
+    return list(groups.values())
 
 
 def conclude(model: nn.Module, x: torch.Tensor, y: torch.Tensor, claimed: Side, adaptive: Side,
