@@ -533,3 +533,22 @@ def test_reproduction_runs_are_labelled_by_recipe_and_seed():
     assert checkpoint_label("out/runs/cas-tiny/seed0") == "cas-tiny-seed0"
     assert checkpoint_label("out/runs/cas-tiny/seed1/checkpoints/best/model.safetensors") == "cas-tiny-seed1"
     assert checkpoint_label("runs/demo") == "demo"
+
+
+def test_the_shipped_results_are_what_their_reports_say(tmp_path):
+    """README's result blocks, the tables and the audit pages in docs/results/reproduce are re-rendered from the
+    shipped reports and must come out byte for byte: no hand-edited or stale number."""
+    import filecmp
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = root / "docs" / "results" / "reproduce"
+    copy = tmp_path / "docs" / "results" / "reproduce"
+    shutil.copytree(shipped, copy)
+    shutil.copy(root / "README.md", tmp_path / "README.md")
+    for name, seeds in (("verdict", 3), ("cas", 1), ("ewas", 1)):
+        reproduce(name, seeds=seeds, out=copy, render_only=True, readme=tmp_path / "README.md", log=lambda *a: None)
+    assert (tmp_path / "README.md").read_text() == (root / "README.md").read_text()
+    for name in ("verdict", "cas", "ewas"):
+        for page in sorted((shipped / name).rglob("*")):
+            if page.is_file():
+                assert filecmp.cmp(page, copy / page.relative_to(shipped), shallow=False), page
