@@ -3,6 +3,7 @@ the statistics of the written table checked against the reports it was made from
 
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
 from pathlib import Path
@@ -538,8 +539,6 @@ def test_reproduction_runs_are_labelled_by_recipe_and_seed():
 def test_the_shipped_results_are_what_their_reports_say(tmp_path):
     """README's result blocks, the tables and the audit pages in docs/results/reproduce are re-rendered from the
     shipped reports and must come out byte for byte: no hand-edited or stale number."""
-    import filecmp
-
     root = Path(__file__).resolve().parents[1]
     shipped = root / "docs" / "results" / "reproduce"
     copy = tmp_path / "docs" / "results" / "reproduce"
